@@ -1,0 +1,126 @@
+"""The LightningDataModule that yields hybrid batches of tokenized (query, passage) pairs."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hbt.data.schema import ParallelItem
+from hbt.errors import ConfigError, DataError
+from hbt.models.encoder import TextTokenizer
+from hbt.sampling import HybridBatchSampler, PairRef
+
+
+class PairDataset(Dataset):
+    """Indexed by :class:`PairRef`: the texts of one pair in the languages the sampler chose."""
+
+    def __init__(self, items: Sequence[ParallelItem], num_hard_negatives: int = 0):
+        self.items = items
+        self.num_hard_negatives = num_hard_negatives
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, ref: PairRef) -> dict:
+        item = self.items[ref.item]
+        example = {
+            "query": item.questions[ref.query_lang],
+            "passage": item.passages[ref.passage_lang],
+            "query_lang": ref.query_lang,
+            "passage_lang": ref.passage_lang,
+        }
+        if self.num_hard_negatives:
+            negatives = item.hard_negatives.get(ref.passage_lang, ())
+            if len(negatives) < self.num_hard_negatives:
+                raise DataError(
+                    f"item {item.id}", f"{len(negatives)} hard negatives in {ref.passage_lang!r}, data.num_hard_negatives={self.num_hard_negatives}"
+                )
+            example["negatives"] = list(negatives[: self.num_hard_negatives])
+        return example
+
+
+class PairCollator:
+    """Tokenizes a batch; hard negatives are flattened query-major ([B * k] rows)."""
+
+    def __init__(self, text_tokenizer: TextTokenizer):
+        self.text_tokenizer = text_tokenizer
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = {
+            "query": self.text_tokenizer([e["query"] for e in examples], "query"),
+            "passage": self.text_tokenizer([e["passage"] for e in examples], "passage"),
+            "monolingual": torch.tensor([e["query_lang"] == e["passage_lang"] for e in examples]),
+            "pairs": [f"{e['query_lang']}-{e['passage_lang']}" for e in examples],
+        }
+        if "negatives" in examples[0]:
+            batch["negatives"] = self.text_tokenizer([n for e in examples for n in e["negatives"]], "passage")
+        return batch
+
+
+class ParallelDataModule(L.LightningDataModule):
+    """Training pairs from any item source, drawn by the hybrid sampler.
+
+    ``train`` is a callable returning the training items (a ``_partial_`` loader from ``conf/data``);
+    ``sampler`` is a ``_partial_`` :class:`HybridBatchSampler` completed here with the items, the batch
+    size and the trainer's rank and world size. ``validation`` maps names to benchmark factories for
+    the held-out split of the same data, which the retrieval callback evaluates during training.
+    """
+
+    def __init__(
+        self,
+        train: Callable[[], Sequence[ParallelItem]],
+        sampler: Callable[..., HybridBatchSampler],
+        validation: dict[str, Callable] | None = None,
+        batch_size: int = 32,
+        num_hard_negatives: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if num_hard_negatives < 0:
+            raise ConfigError("data.num_hard_negatives", f"must be >= 0, got {num_hard_negatives}")
+        self.train_source = train
+        self.validation = dict(validation or {})
+        self.sampler_factory = sampler
+        self.batch_size = batch_size
+        self.num_hard_negatives = num_hard_negatives
+        self.num_workers = num_workers
+        self.items: Sequence[ParallelItem] | None = None
+        self.text_tokenizer: TextTokenizer | None = None
+        self.batch_sampler: HybridBatchSampler | None = None
+        self._pending_state: dict | None = None
+
+    def attach_tokenizer(self, text_tokenizer: TextTokenizer) -> None:
+        self.text_tokenizer = text_tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items is None:
+            self.items = self.train_source()
+        if self.batch_sampler is None:
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self.batch_sampler = self.sampler_factory(
+                item_languages=[item.languages for item in self.items], batch_size=self.batch_size, rank=rank, world_size=world
+            )
+            if self._pending_state is not None:
+                self.batch_sampler.load_state_dict(self._pending_state)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.text_tokenizer is None:
+            raise RuntimeError("attach_tokenizer() must be called before training")
+        self.setup()
+        return DataLoader(
+            PairDataset(self.items, self.num_hard_negatives),
+            batch_sampler=self.batch_sampler,
+            collate_fn=PairCollator(self.text_tokenizer),
+            num_workers=self.num_workers,
+        )
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.batch_sampler.state_dict()} if self.batch_sampler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "sampler" in state:
+            self._pending_state = state["sampler"]
+            if self.batch_sampler is not None:
+                self.batch_sampler.load_state_dict(state["sampler"])

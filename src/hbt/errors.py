@@ -1,0 +1,29 @@
+"""One error type per kind of failure, each rendered by the entry points as a single line."""
+
+
+class HbtError(Exception):
+    """Base class: entry points print ``str(err)`` on one line and exit non-zero."""
+
+
+class ConfigError(HbtError):
+    """A configuration value is missing, unknown or out of range; names the config key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        super().__init__(f"config error: {key}: {problem}")
+
+
+class DataError(HbtError):
+    """An input file or dataset row is malformed; names ``file:line`` (or the row) and the problem."""
+
+    def __init__(self, where: str, problem: str):
+        self.where = where
+        super().__init__(f"data error: {where}: {problem}")
+
+
+class OutputError(HbtError):
+    """Writing would overwrite earlier results."""
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        super().__init__(f"output error: {path}: {problem}")

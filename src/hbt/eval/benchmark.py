@@ -1,0 +1,41 @@
+"""The shape every retrieval benchmark is reduced to before evaluation.
+
+Queries are parallel across languages: the same query id names translations of one question.
+Each language has its own candidate pool, and ``relevant[lang][qid]`` lists the positions of the
+candidates in that language's pool that answer ``qid``. This covers LAReQA-style data (XQuAD-R,
+MLQA-R), N-way parallel sentences (Tatoeba) and the built-in corpus alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hbt.data.schema import ParallelItem
+
+
+@dataclass
+class RetrievalBenchmark:
+    name: str
+    queries: dict[str, list[tuple[str, str]]]  # lang -> [(qid, text)]
+    candidates: dict[str, list[str]]  # lang -> candidate texts (position = candidate index)
+    relevant: dict[str, dict[str, list[int]]]  # candidate lang -> qid -> candidate positions
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.queries)
+
+    def summary(self) -> str:
+        parts = [f"{lang}: {len(self.queries[lang])} q / {len(self.candidates[lang])} c" for lang in self.languages]
+        return f"{self.name} ({', '.join(parts)})"
+
+
+def benchmark_from_items(name: str, items: list[ParallelItem], languages: list[str]) -> RetrievalBenchmark:
+    """Each item's question retrieves its own passage, in every language the item has."""
+    queries: dict[str, list[tuple[str, str]]] = {}
+    candidates: dict[str, list[str]] = {}
+    relevant: dict[str, dict[str, list[int]]] = {}
+    for lang in languages:
+        present = [item for item in items if lang in item.languages]
+        queries[lang] = [(item.id, item.questions[lang]) for item in present]
+        candidates[lang] = [item.passages[lang] for item in present]
+        relevant[lang] = {item.id: [pos] for pos, item in enumerate(present)}
+    return RetrievalBenchmark(name, queries, candidates, relevant)

@@ -1,0 +1,57 @@
+"""Runs the configured retrieval evaluations during training and logs macro metrics to every logger."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+
+from hbt.eval.benchmark import RetrievalBenchmark
+from hbt.eval.retrieval import Evaluator, flatten_macro
+
+
+class RetrievalEvalCallback(L.Callback):
+    """Evaluates ``pl_module.encoder`` every ``every_n_steps`` optimizer steps and/or at epoch ends.
+
+    Benchmarks are built lazily (first use) and evaluated on global rank zero while the others wait;
+    without ``benchmarks`` it uses the datamodule's ``validation`` factories.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        benchmarks: dict[str, Callable[[], RetrievalBenchmark]] | None = None,
+        every_n_steps: int | None = None,
+        at_epoch_end: bool = True,
+        prefix: str = "val",
+    ):
+        self.benchmark_factories = benchmarks
+        self.evaluator = evaluator
+        self.every_n_steps = every_n_steps
+        self.at_epoch_end = at_epoch_end
+        self.prefix = prefix
+        self._benchmarks: dict[str, RetrievalBenchmark] | None = None
+        self.last_results: dict | None = None
+
+    def benchmarks(self, trainer: L.Trainer) -> dict[str, RetrievalBenchmark]:
+        if self._benchmarks is None:
+            factories = self.benchmark_factories
+            if factories is None:
+                factories = getattr(trainer.datamodule, "validation", {}) if trainer.datamodule is not None else {}
+            self._benchmarks = {name: make() for name, make in factories.items()}
+        return self._benchmarks
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self.run(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_epoch_end:
+            self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.benchmarks(trainer):
+            self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
+            metrics = flatten_macro(self.last_results, self.prefix)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.strategy.barrier()

@@ -1,0 +1,1 @@
+"""Encoders: one wrapper for any Hugging Face text encoder, plus the tiny offline default."""

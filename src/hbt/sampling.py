@@ -1,0 +1,210 @@
+"""Hybrid batch sampling (Elmahdy, Lin & Ahmad 2024, arXiv 2408.10536).
+
+Each global batch is X-X (monolingual: one language for the whole batch, query and passage both in it)
+with probability ``ratio`` and X-Y (cross-lingual: every pair has query language != passage language,
+drawn per example) otherwise. ``mode="example"`` is the ablation that makes the same choice per example
+inside a batch instead.
+
+Under DDP every rank runs the same random stream, so all ranks agree on the batch type and language of
+each step; rank ``r`` keeps slice ``r`` of the global batch, so items are disjoint across ranks and the
+gathered global batch is homogeneous. An item id appears at most once per global batch, so its
+translations never act as false negatives.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hbt.errors import ConfigError
+
+MODES = ("batch", "example")
+
+
+@dataclass(frozen=True)
+class PairRef:
+    """One training pair: item index, the language of its query and of its passage."""
+
+    item: int
+    query_lang: str
+    passage_lang: str
+
+    @property
+    def monolingual(self) -> bool:
+        return self.query_lang == self.passage_lang
+
+
+class HybridBatchSampler:
+    """Batch sampler yielding this rank's ``batch_size`` pairs of each global batch.
+
+    Deterministic from ``(seed, epoch)``; ``state_dict`` records the position inside the epoch so a
+    resumed run sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self,
+        item_languages: Sequence[Sequence[str]],
+        batch_size: int,
+        ratio: float = 0.5,
+        mode: str = "batch",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        language_weights: dict[str, float] | None = None,
+        ratio_schedule: Sequence[Sequence[float]] | None = None,
+    ):
+        if not 0.0 <= float(ratio) <= 1.0:
+            raise ConfigError("sampler.ratio", f"must lie in [0, 1], got {ratio}")
+        if mode not in MODES:
+            raise ConfigError("sampler.mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if batch_size < 1:
+            raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
+        self.languages = sorted({lang for langs in item_languages for lang in langs})
+        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        self.has_lang = np.zeros((len(item_languages), len(self.languages)), dtype=bool)
+        for i, langs in enumerate(item_languages):
+            self.has_lang[i, [lang_index[lang] for lang in langs]] = True
+        self.item_languages = [sorted(langs) for langs in item_languages]
+        self.batch_size = batch_size
+        self.ratio = float(ratio)
+        self.mode = mode
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.global_batch_size = batch_size * world_size
+        self.ratio_schedule = [tuple(map(float, point)) for point in ratio_schedule or []]
+        self.language_probs = self._language_probs(language_weights)
+        self.epoch = 0
+        self._start_step = 0
+        self._validate()
+
+    # -- configuration checks: fail before training, one line each ------------------------------
+    def _language_probs(self, weights: dict[str, float] | None) -> np.ndarray:
+        if not weights:
+            return np.full(len(self.languages), 1.0 / max(len(self.languages), 1))
+        unknown = sorted(set(weights) - set(self.languages))
+        if unknown:
+            raise ConfigError("sampler.language_weights", f"languages {unknown} are not in the training data")
+        raw = np.array([float(weights.get(lang, 0.0)) for lang in self.languages])
+        if (raw < 0).any() or raw.sum() <= 0:
+            raise ConfigError("sampler.language_weights", "weights must be non-negative and not all zero")
+        return raw / raw.sum()
+
+    def _validate(self) -> None:
+        uses_mono = self.ratio > 0 or any(r > 0 for _, r in self.ratio_schedule)
+        uses_cross = self.ratio < 1 or any(r < 1 for _, r in self.ratio_schedule)
+        for _, r in self.ratio_schedule:
+            if not 0.0 <= r <= 1.0:
+                raise ConfigError("sampler.ratio_schedule", f"ratios must lie in [0, 1], got {r}")
+        if uses_cross and len(self.languages) < 2:
+            raise ConfigError("sampler.ratio", f"X-Y batches (ratio < 1) need at least 2 languages, data has {self.languages}")
+        if uses_cross:
+            multi = int((self.has_lang.sum(1) >= 2).sum())
+            if multi < self.global_batch_size:
+                raise ConfigError("data.batch_size", f"only {multi} items have 2+ languages, fewer than the global batch of {self.global_batch_size}")
+        if uses_mono:
+            for lang, count, p in zip(self.languages, self.has_lang.sum(0), self.language_probs):
+                if p > 0 and count < self.global_batch_size:
+                    raise ConfigError("data.batch_size", f"language {lang!r} has {count} items, fewer than the global batch of {self.global_batch_size}")
+
+    # -- the sampler protocol -------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Steps per epoch (exact when every item has every language; an upper bound otherwise)."""
+        return len(self.has_lang) // self.global_batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._start_step = 0
+        self.epoch = epoch
+
+    def ratio_at(self, step: int) -> float:
+        """The probability of an X-X batch at ``step`` of the current epoch.
+
+        ``ratio_schedule`` is a list of ``(epoch, ratio)`` points, interpolated linearly in fractional
+        epochs and held constant outside them: ``[[0, 1.0], [2, 0.5]]`` anneals from pure X-X to hybrid
+        over two epochs. Without a schedule the ratio is constant.
+        """
+        if not self.ratio_schedule:
+            return self.ratio
+        progress = self.epoch + step / max(len(self), 1)
+        xs, ys = zip(*self.ratio_schedule)
+        return float(np.interp(progress, xs, ys))
+
+    def __iter__(self) -> Iterator[list[PairRef]]:
+        start = self._start_step
+        for step, global_batch in enumerate(self.global_batches(self.epoch)):
+            if step < start:
+                continue
+            self._start_step = step + 1
+            yield global_batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        self._start_step = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self._start_step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._start_step, self.seed = int(state["epoch"]), int(state["step"]), int(state["seed"])
+
+    # -- drawing ------------------------------------------------------------------------------------
+    def global_batches(self, epoch: int) -> Iterator[list[PairRef]]:
+        """All global batches of ``epoch``, identical on every rank."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.has_lang))
+        pool = _Pool(order)
+        any_lang, two_langs = self.has_lang.any(1), self.has_lang.sum(1) >= 2
+        for step in range(len(self)):
+            ratio = self.ratio_at(step)
+            if self.mode == "example":
+                picked = pool.take(self.global_batch_size, any_lang)
+                if picked is None:
+                    return
+                yield [self._example_pair(int(i), ratio, rng) for i in picked]
+            elif rng.random() < ratio:
+                lang = int(rng.choice(len(self.languages), p=self.language_probs))
+                picked = pool.take(self.global_batch_size, self.has_lang[:, lang])
+                if picked is None:
+                    return
+                name = self.languages[lang]
+                yield [PairRef(int(i), name, name) for i in picked]
+            else:
+                picked = pool.take(self.global_batch_size, two_langs)
+                if picked is None:
+                    return
+                yield [self._cross_pair(int(i), rng) for i in picked]
+
+    def _cross_pair(self, item: int, rng: np.random.Generator) -> PairRef:
+        """Uniform over the item's ordered language pairs (q != p)."""
+        langs = self.item_languages[item]
+        q, p = rng.choice(len(langs), size=2, replace=False)
+        return PairRef(item, langs[q], langs[p])
+
+    def _example_pair(self, item: int, ratio: float, rng: np.random.Generator) -> PairRef:
+        langs = self.item_languages[item]
+        if len(langs) < 2 or rng.random() < ratio:
+            lang = langs[int(rng.integers(len(langs)))]
+            return PairRef(item, lang, lang)
+        return self._cross_pair(item, rng)
+
+
+class _Pool:
+    """Items of one epoch in shuffled order; takes the first ``n`` that qualify, deferring the rest."""
+
+    def __init__(self, order: np.ndarray):
+        self.order = order
+        self.next = 0
+        self.deferred: list[int] = []
+
+    def take(self, n: int, qualifies: np.ndarray) -> list[int] | None:
+        picked: list[int] = []
+        kept: list[int] = []
+        for item in self.deferred:
+            (picked if len(picked) < n and qualifies[item] else kept).append(item)
+        while len(picked) < n and self.next < len(self.order):
+            item = int(self.order[self.next])
+            self.next += 1
+            (picked if qualifies[item] else kept).append(item)
+        self.deferred = kept
+        if len(picked) < n:
+            return None
+        return picked

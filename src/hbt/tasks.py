@@ -1,0 +1,165 @@
+"""Task functions behind the entry points: ``train(cfg)`` and ``evaluate(cfg)``.
+
+Both return ``(metrics, objects)`` and write ``results.json`` (and the resolved ``config.yaml``) into
+the run directory, shaped ``{dataset: {setting: {"macro": {...}, "pairs": {...}}}}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hbt.errors import ConfigError, HbtError, OutputError
+from hbt.eval.benchmark import RetrievalBenchmark
+from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
+from hbt.models.encoder import Encoder
+from hbt.module import RetrieverModule
+from hbt.tracking import finish_wandb
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    out = _prepare_output(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    encoder: Encoder = instantiate(cfg.model)
+    module = RetrieverModule(
+        encoder, instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler)
+    )
+    module.hbt_config = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
+    datamodule.attach_tokenizer(encoder.text_tokenizer)
+    callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(module.hbt_config)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    metrics: dict = {}
+    if trainer.is_global_zero:
+        export_encoder(encoder, out / "model")
+        results = run_evaluation(cfg, encoder)
+        metrics = flatten_macro(results, "test")
+        for logger in loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        write_results(out, results, cfg)
+    trainer.strategy.barrier()
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    out = _prepare_output(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.ckpt_path:
+        encoder = encoder_from_checkpoint(cfg.ckpt_path)
+    elif cfg.model.get("name_or_path") is None:
+        raise ConfigError("ckpt_path", "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>")
+    else:
+        encoder = instantiate(cfg.model)
+    if torch.cuda.is_available():
+        encoder = encoder.cuda()
+    results = run_evaluation(cfg, encoder)
+    metrics = flatten_macro(results, "test")
+    for logger_cfg in cfg.logger.values():
+        logger = instantiate(logger_cfg)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(metrics)
+        logger.finalize("success")
+    write_results(out, results, cfg)
+    return metrics, {"encoder": encoder}
+
+
+def run_evaluation(cfg: DictConfig, encoder: Encoder) -> dict:
+    evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
+    benchmarks: dict[str, RetrievalBenchmark] = {name: instantiate(spec, _convert_="all") for name, spec in cfg.eval.items()}
+    for bench in benchmarks.values():
+        log.info("evaluating on %s", bench.summary())
+    results = evaluator.run(encoder, benchmarks)
+    print(results_table(results), flush=True)
+    return results
+
+
+def encoder_from_checkpoint(path: str | os.PathLike) -> Encoder:
+    """Rebuild the encoder a training run saved: its model config is stored in the checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ConfigError("ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    config = checkpoint.get("hbt_config") if isinstance(checkpoint, dict) else None
+    if not config or "state_dict" not in checkpoint:
+        raise ConfigError("ckpt_path", f"{path} is not an hbt training checkpoint")
+    encoder: Encoder = instantiate(config["model"])
+    state = {k[len("encoder.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")}
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def export_encoder(encoder: Encoder, directory: Path) -> None:
+    """Write the exported model next to the final location, then move it in one rename."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save_pretrained(tmp)
+    if directory.exists():
+        raise OutputError(str(directory), "already exists; not overwriting an exported model")
+    tmp.rename(directory)
+
+
+def write_results(out: Path, results: dict, cfg: DictConfig) -> None:
+    _atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _atomic_write(out / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=False))
+    log.info("results written to %s", out / RESULTS_FILE)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _prepare_output(cfg: DictConfig) -> Path:
+    out = Path(cfg.paths.output_dir)
+    if (out / RESULTS_FILE).exists():
+        raise OutputError(str(out / RESULTS_FILE), "already exists; choose a new hydra.run.dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -> dict | None:
+    """Run a task the way every entry point does: one-line errors, W&B always finished.
+
+    In a multirun a failing job is logged and the sweep goes on; a single run exits non-zero.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        metrics, _ = task(cfg)
+    except HbtError as err:
+        finish_wandb(exit_code=1)
+        print(str(err), file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        raise SystemExit(1) from None
+    except Exception:
+        finish_wandb(exit_code=1)
+        if multirun:
+            log.error("job failed:\n%s", traceback.format_exc())
+            return None
+        raise
+    finish_wandb(exit_code=0)
+    return metrics

@@ -1,0 +1,87 @@
+"""Experiment tracking: a W&B logger that never fails the run.
+
+With credentials it logs online; without (or with WANDB_MODE=offline, or when the service cannot be
+reached) it writes an offline run under ``save_dir`` that ``wandb sync`` uploads later.
+"""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(os.environ.get("WANDB_BASE_URL", "api.wandb.ai").split("//")[-1]) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto``: WANDB_MODE if set, else online with credentials and offline without."""
+    if mode not in MODES:
+        from hbt.errors import ConfigError
+
+        raise ConfigError("logger.wandb.mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if has_wandb_credentials() else "offline"
+
+
+def wandb_logger(
+    project: str = "hbt",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    save_dir: str = ".",
+    mode: str = "auto",
+    log_model: bool = False,
+    init_timeout: int = 60,
+):
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    resolved = resolve_mode(mode)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+
+    def make(run_mode: str) -> WandbLogger:
+        return WandbLogger(
+            project=project,
+            name=name,
+            group=group,
+            tags=list(tags or []),
+            save_dir=save_dir,
+            log_model=log_model,
+            mode=run_mode,
+            settings=wandb.Settings(init_timeout=init_timeout, silent=True),
+        )
+
+    logger = make(resolved)
+    try:
+        logger.experiment  # start the run now, so a network failure is handled here and not mid-training
+    except Exception as err:  # any failure to reach W&B must not cost the run
+        if resolved != "online":
+            raise
+        log.warning("W&B online start failed (%s); logging offline, `wandb sync %s` later", err, save_dir)
+        logger = make("offline")
+        logger.experiment
+    return logger
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the active W&B run, if any, so the next multirun job starts a fresh one."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

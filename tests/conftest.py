@@ -1,0 +1,47 @@
+"""Tests compose the config with the same overrides a user types and call the task functions directly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HBT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small, fast settings for the embedded default.
+FAST = ["logger=csv", "trainer.max_epochs=1", "trainer.max_steps=6", "data.batch_size=16"]
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(config_name: str = "train", overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
+        return compose_config(config_name, list(overrides), output_dir or tmp_path / "run")
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data {path} not present")
+    return path

@@ -1,0 +1,132 @@
+"""Hybrid batch sampler: faithful batch types, DDP consistency, determinism and resume."""
+import itertools
+
+import numpy as np
+import pytest
+
+from hbt.errors import ConfigError
+from hbt.sampling import HybridBatchSampler
+
+LANGS = ["ar", "de", "en", "hi", "zh"]
+
+
+def full_items(n: int, langs=LANGS):
+    return [list(langs)] * n
+
+
+def is_mono(batch) -> bool:
+    kinds = {ref.monolingual for ref in batch}
+    assert len(kinds) == 1, "batch mixes X-X and X-Y pairs"
+    return kinds.pop()
+
+
+def test_ratio_share_and_batch_purity_over_2000_batches():
+    sampler = HybridBatchSampler(full_items(20_000), batch_size=10, ratio=0.3, seed=7)
+    batches = list(itertools.islice(iter(sampler), 2000))
+    assert len(batches) == 2000
+    mono = [is_mono(b) for b in batches]
+    assert abs(np.mean(mono) - 0.3) <= 0.03
+    for batch, m in zip(batches, mono):
+        assert len({ref.item for ref in batch}) == len(batch), "duplicate item id in a batch"
+        if m:
+            assert len({ref.query_lang for ref in batch}) == 1
+        else:
+            assert all(ref.query_lang != ref.passage_lang for ref in batch)
+
+
+@pytest.mark.parametrize("ratio,expected", [(1.0, True), (0.0, False)])
+def test_pure_settings(ratio, expected):
+    sampler = HybridBatchSampler(full_items(500), batch_size=8, ratio=ratio)
+    assert all(is_mono(b) == expected for b in sampler)
+
+
+def test_mono_languages_uniform_and_cross_pairs_cover_all_ordered_pairs():
+    sampler = HybridBatchSampler(full_items(50_000), batch_size=5, ratio=0.5, seed=1)
+    mono_langs, cross_pairs = [], set()
+    for batch in sampler:
+        if is_mono(batch):
+            mono_langs.append(batch[0].query_lang)
+        else:
+            cross_pairs.update((r.query_lang, r.passage_lang) for r in batch)
+    counts = np.array([mono_langs.count(lang) for lang in LANGS]) / len(mono_langs)
+    assert np.all(np.abs(counts - 0.2) < 0.03)
+    assert cross_pairs == {(a, b) for a in LANGS for b in LANGS if a != b}
+
+
+def test_missing_languages_are_respected():
+    items = [["en", "de"], ["en"], ["de", "zh"], ["en", "de", "zh"]] * 50
+    sampler = HybridBatchSampler(items, batch_size=4, ratio=0.5, seed=3)
+    for batch in sampler:
+        for ref in batch:
+            assert ref.query_lang in items[ref.item] and ref.passage_lang in items[ref.item]
+
+
+def test_example_mode_mixes_types_inside_batches():
+    sampler = HybridBatchSampler(full_items(20_000), batch_size=50, ratio=0.3, mode="example", seed=2)
+    refs = [ref for batch in sampler for ref in batch]
+    share = np.mean([ref.monolingual for ref in refs])
+    assert abs(share - 0.3) < 0.02
+    assert any(len({r.monolingual for r in b}) == 2 for b in sampler)
+
+
+def test_two_ranks_agree_on_type_and_split_items():
+    items = full_items(400)
+    ranks = [HybridBatchSampler(items, batch_size=10, ratio=0.5, seed=5, rank=r, world_size=2) for r in range(2)]
+    seen = []
+    for b0, b1 in zip(*ranks):
+        assert is_mono(b0) == is_mono(b1)
+        if is_mono(b0):
+            assert b0[0].query_lang == b1[0].query_lang
+        ids0, ids1 = {r.item for r in b0}, {r.item for r in b1}
+        assert not ids0 & ids1
+        seen += [*ids0, *ids1]
+    assert sorted(seen) == list(range(400))  # the union covers the epoch
+
+
+def test_deterministic_per_epoch_and_different_across_epochs():
+    a = HybridBatchSampler(full_items(300), batch_size=10, seed=4)
+    b = HybridBatchSampler(full_items(300), batch_size=10, seed=4)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+
+
+def test_resume_from_state_dict_gives_the_same_batches():
+    reference = HybridBatchSampler(full_items(500), batch_size=10, seed=9)
+    reference.set_epoch(2)
+    expected = list(reference)
+    interrupted = HybridBatchSampler(full_items(500), batch_size=10, seed=9)
+    interrupted.set_epoch(2)
+    stream = iter(interrupted)
+    head = [next(stream) for _ in range(17)]
+    state = interrupted.state_dict()
+    resumed = HybridBatchSampler(full_items(500), batch_size=10, seed=0)
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"ratio": 1.5}, "sampler.ratio"),
+        ({"ratio": -0.1}, "sampler.ratio"),
+        ({"mode": "mixed"}, "sampler.mode"),
+        ({"language_weights": {"xx": 1.0}}, "sampler.language_weights"),
+    ],
+)
+def test_config_errors_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        HybridBatchSampler(full_items(100), batch_size=4, **kwargs)
+
+
+def test_cross_batches_need_two_languages():
+    with pytest.raises(ConfigError, match="at least 2 languages"):
+        HybridBatchSampler([["en"]] * 100, batch_size=4, ratio=0.5)
+    HybridBatchSampler([["en"]] * 100, batch_size=4, ratio=1.0)  # pure X-X is fine
+
+
+def test_language_with_too_few_items_fails_before_training():
+    items = [["en", "de"]] * 100 + [["en", "de", "sw"]] * 3
+    with pytest.raises(ConfigError, match="'sw' has 3 items"):
+        HybridBatchSampler(items, batch_size=8, ratio=0.5)

@@ -1,0 +1,98 @@
+"""The default pipeline end to end: train -> results.json -> evaluate the checkpoint and the export."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import FAST, ROOT
+
+from hbt.tasks import evaluate, train
+
+SETTINGS = {"mono", "cross", "multi"}
+
+
+def check_results_shape(results: dict, dataset: str, languages: int):
+    assert set(results[dataset]) == SETTINGS
+    block = results[dataset]
+    assert len(block["mono"]["pairs"]) == languages
+    assert len(block["cross"]["pairs"]) == languages * (languages - 1)
+    assert len(block["multi"]["pairs"]) == languages
+    for setting in SETTINGS:
+        macro = block[setting]["macro"]
+        assert {"map", "recall@1", "recall@10"} <= set(macro)
+        assert all(0.0 <= macro[k] <= 1.0 for k in ("map", "recall@1", "recall@10"))
+    assert block["multi"]["macro"]["rank_distance"] >= 0
+    assert all("-" in key for key in block["cross"]["pairs"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short default training run shared by the tests below (user-style overrides)."""
+    from conftest import compose_config
+
+    out = tmp_path_factory.mktemp("train")
+    cfg = compose_config("train", [*FAST, "sampler.ratio=0.3"], out)
+    metrics, objects = train(cfg)
+    return out, cfg, metrics, objects
+
+
+def test_default_training_writes_results_model_and_checkpoint(trained):
+    out, cfg, metrics, objects = trained
+    assert cfg.sampler.ratio == 0.3
+    results = json.loads((out / "results.json").read_text())
+    check_results_shape(results, "toy", languages=9)
+    assert (out / "config.yaml").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "model" / "config.json").is_file()
+    assert objects["trainer"].global_step == 6
+    assert metrics["test/toy/multi/map"] == results["toy"]["multi"]["macro"]["map"]
+
+
+def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cfg, tmp_path):
+    out, *_ = trained
+    cfg = make_cfg("evaluate", ["logger=csv", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path / "eval")
+    evaluate(cfg)
+    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == json.loads((out / "results.json").read_text())
+
+
+def test_evaluate_zero_shot_on_an_exported_hf_directory(trained, make_cfg, tmp_path):
+    out, *_ = trained
+    cfg = make_cfg("evaluate", ["logger=csv", f"model.name_or_path={out / 'model'}"], tmp_path / "hf")
+    evaluate(cfg)
+    results = json.loads((tmp_path / "hf" / "results.json").read_text())
+    expected = json.loads((out / "results.json").read_text())
+    assert results["toy"]["mono"]["macro"]["map"] == pytest.approx(expected["toy"]["mono"]["macro"]["map"], abs=1e-6)
+
+
+def test_existing_results_are_never_overwritten(trained, make_cfg):
+    out, *_ = trained
+    before = (out / "results.json").read_bytes()
+    cfg = make_cfg("evaluate", ["logger=csv", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], out)
+    from hbt.errors import OutputError
+
+    with pytest.raises(OutputError, match="results.json"):
+        evaluate(cfg)
+    assert (out / "results.json").read_bytes() == before
+
+
+def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_multirun_two_jobs(tmp_path):
+    proc = run_cli("train.py", "-m", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        results = json.loads((tmp_path / job / "results.json").read_text())
+        check_results_shape(results, "toy", languages=9)
+    assert "ratio: 0" in (tmp_path / "0" / "config.yaml").read_text()
+    assert "ratio: 1" in (tmp_path / "1" / "config.yaml").read_text()
+
+
+def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
+    proc = run_cli("train.py", "sampler.ratio=1.5", *FAST, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1] == "config error: sampler.ratio: must lie in [0, 1], got 1.5"
+    assert not (tmp_path / "results.json").exists()

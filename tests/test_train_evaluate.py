@@ -1,10 +1,7 @@
 """The default pipeline end to end: train -> results.json -> evaluate the checkpoint and the export."""
 import json
-import subprocess
-import sys
-
 import pytest
-from conftest import FAST, ROOT
+from conftest import FAST, run_cli
 
 from hbt.tasks import evaluate, train
 
@@ -73,11 +70,6 @@ def test_existing_results_are_never_overwritten(trained, make_cfg):
     with pytest.raises(OutputError, match="results.json"):
         evaluate(cfg)
     assert (out / "results.json").read_bytes() == before
-
-
-def run_cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    env = {"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_multirun_two_jobs(tmp_path):

@@ -85,7 +85,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 
 def run_evaluation(cfg: DictConfig, encoder: Encoder) -> dict:
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
-    benchmarks: dict[str, RetrievalBenchmark] = {name: instantiate(spec, _convert_="all") for name, spec in cfg.eval.items()}
+    benchmarks: dict[str, RetrievalBenchmark] = {name: instantiate(spec, _convert_="all") for name, spec in (cfg.get("eval") or {}).items()}
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())
     results = evaluator.run(encoder, benchmarks)

@@ -7,7 +7,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hbt.data.schema import ParallelItem
+from hbt.data.schema import ParallelItem, languages_of
+from hbt.data.store import ItemStore
 from hbt.errors import ConfigError, DataError
 from hbt.models.encoder import TextTokenizer
 from hbt.sampling import HybridBatchSampler, PairRef
@@ -16,29 +17,37 @@ from hbt.sampling import HybridBatchSampler, PairRef
 class PairDataset(Dataset):
     """Indexed by :class:`PairRef`: the texts of one pair in the languages the sampler chose."""
 
-    def __init__(self, items: Sequence[ParallelItem], num_hard_negatives: int = 0):
-        self.items = items
+    def __init__(self, store: ItemStore, num_hard_negatives: int = 0):
+        self.store = store
         self.num_hard_negatives = num_hard_negatives
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.store)
 
     def __getitem__(self, ref: PairRef) -> dict:
-        item = self.items[ref.item]
-        example = {
-            "query": item.questions[ref.query_lang],
-            "passage": item.passages[ref.passage_lang],
-            "query_lang": ref.query_lang,
-            "passage_lang": ref.passage_lang,
-        }
-        if self.num_hard_negatives:
-            negatives = item.hard_negatives.get(ref.passage_lang, ())
-            if len(negatives) < self.num_hard_negatives:
-                raise DataError(
-                    f"item {item.id}", f"{len(negatives)} hard negatives in {ref.passage_lang!r}, data.num_hard_negatives={self.num_hard_negatives}"
-                )
-            example["negatives"] = list(negatives[: self.num_hard_negatives])
-        return example
+        return self.__getitems__([ref])[0]
+
+    def __getitems__(self, refs: list[PairRef]) -> list[dict]:
+        """A whole batch from one Arrow take."""
+        rows = self.store.rows([ref.item for ref in refs])
+        examples = []
+        for i, ref in enumerate(refs):
+            example = {
+                "query": rows[f"q.{ref.query_lang}"][i],
+                "passage": rows[f"p.{ref.passage_lang}"][i],
+                "query_lang": ref.query_lang,
+                "passage_lang": ref.passage_lang,
+            }
+            if self.num_hard_negatives:
+                negatives = rows[f"n.{ref.passage_lang}"][i] or []
+                if len(negatives) < self.num_hard_negatives:
+                    raise DataError(
+                        f"item {rows['id'][i]}",
+                        f"{len(negatives)} hard negatives in {ref.passage_lang!r}, data.num_hard_negatives={self.num_hard_negatives}",
+                    )
+                example["negatives"] = list(negatives[: self.num_hard_negatives])
+            examples.append(example)
+        return examples
 
 
 class PairCollator:
@@ -62,7 +71,8 @@ class PairCollator:
 class ParallelDataModule(L.LightningDataModule):
     """Training pairs from any item source, drawn by the hybrid sampler.
 
-    ``train`` is a callable returning the training items (a ``_partial_`` loader from ``conf/data``);
+    ``train`` is a callable returning the training items, as an :class:`ItemStore` or a list of
+    :class:`ParallelItem` (a ``_partial_`` loader from ``conf/data``);
     ``sampler`` is a ``_partial_`` :class:`HybridBatchSampler` completed here with the items, the batch
     size and the trainer's rank and world size. ``validation`` maps names to benchmark factories for
     the held-out split of the same data, which the retrieval callback evaluates during training.
@@ -70,7 +80,7 @@ class ParallelDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: Callable[[], Sequence[ParallelItem]],
+        train: Callable[[], ItemStore | Sequence[ParallelItem]],
         sampler: Callable[..., HybridBatchSampler],
         validation: dict[str, Callable] | None = None,
         batch_size: int = 32,
@@ -86,7 +96,7 @@ class ParallelDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_hard_negatives = num_hard_negatives
         self.num_workers = num_workers
-        self.items: Sequence[ParallelItem] | None = None
+        self.store: ItemStore | None = None
         self.text_tokenizer: TextTokenizer | None = None
         self.batch_sampler: HybridBatchSampler | None = None
         self._pending_state: dict | None = None
@@ -95,12 +105,13 @@ class ParallelDataModule(L.LightningDataModule):
         self.text_tokenizer = text_tokenizer
 
     def setup(self, stage: str | None = None) -> None:
-        if self.items is None:
-            self.items = self.train_source()
+        if self.store is None:
+            items = self.train_source()
+            self.store = items if isinstance(items, ItemStore) else ItemStore.from_items(items, languages_of(items))
         if self.batch_sampler is None:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             self.batch_sampler = self.sampler_factory(
-                item_languages=[item.languages for item in self.items], batch_size=self.batch_size, rank=rank, world_size=world
+                item_languages=self.store.item_languages(), batch_size=self.batch_size, rank=rank, world_size=world
             )
             if self._pending_state is not None:
                 self.batch_sampler.load_state_dict(self._pending_state)
@@ -110,7 +121,7 @@ class ParallelDataModule(L.LightningDataModule):
             raise RuntimeError("attach_tokenizer() must be called before training")
         self.setup()
         return DataLoader(
-            PairDataset(self.items, self.num_hard_negatives),
+            PairDataset(self.store, self.num_hard_negatives),
             batch_sampler=self.batch_sampler,
             collate_fn=PairCollator(self.text_tokenizer),
             num_workers=self.num_workers,

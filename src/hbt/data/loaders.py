@@ -84,22 +84,27 @@ def record_to_item(record: Mapping, where: str, columns: Mapping[str, str] | Non
 
 
 # -- record readers -----------------------------------------------------------------------------
-def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+def read_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """Non-empty lines as ``("file:line", text)``; undecodable bytes name their line."""
     if not path.is_file():
         raise DataError(str(path), "file not found")
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
                 raise DataError(where, f"not UTF-8 ({err.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(where, f"malformed JSON ({err.msg}, column {err.colno})") from None
+            if line.strip():
+                yield where, line
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for where, line in read_lines(path):
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(where, f"malformed JSON ({err.msg}, column {err.colno})") from None
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
@@ -139,21 +144,11 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def read_tsv(path: Path, fields: int) -> Iterator[tuple[str, list[str]]]:
-    if not path.is_file():
-        raise DataError(str(path), "file not found")
-    with open(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(where, f"not UTF-8 ({err.reason})") from None
-            if not line:
-                continue
-            parts = line.split("\t")
-            if len(parts) != fields:
-                raise DataError(where, f"expected {fields} tab-separated fields, found {len(parts)}")
-            yield where, parts
+    for where, line in read_lines(path):
+        parts = line.split("\t")
+        if len(parts) != fields:
+            raise DataError(where, f"expected {fields} tab-separated fields, found {len(parts)}")
+        yield where, parts
 
 
 # -- store builders -----------------------------------------------------------------------------

@@ -65,11 +65,17 @@ class RetrieverModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        """Per epoch: share of monolingual pairs, distinct language pairs, and each query language's share."""
         total = sum(self.pairs_seen.values())
         if total:
-            mono = sum(n for pair, n in self.pairs_seen.items() if pair.split("-")[0] == pair.split("-")[1])
+            split = {pair: pair.split("-") for pair in self.pairs_seen}
+            mono = sum(n for pair, n in self.pairs_seen.items() if split[pair][0] == split[pair][1])
+            by_query_lang: Counter[str] = Counter()
+            for pair, n in self.pairs_seen.items():
+                by_query_lang[split[pair][0]] += n
             self.log("train/epoch_mono_pair_share", mono / total)
             self.log("train/epoch_language_pairs_seen", float(len(self.pairs_seen)))
+            self.log_dict({f"train/query_lang_share/{lang}": n / total for lang, n in sorted(by_query_lang.items())})
         self.pairs_seen.clear()
 
     def configure_optimizers(self):

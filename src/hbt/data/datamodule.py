@@ -51,20 +51,26 @@ class PairDataset(Dataset):
 
 
 class PairCollator:
-    """Tokenizes a batch; hard negatives are flattened query-major ([B * k] rows)."""
+    """Tokenizes (or, from the token cache, only pads) a batch; hard negatives are flattened
+    query-major ([B * k] rows)."""
 
     def __init__(self, text_tokenizer: TextTokenizer):
         self.text_tokenizer = text_tokenizer
 
+    def inputs(self, values: list, kind: str) -> dict[str, torch.Tensor]:
+        if values and isinstance(values[0], str):
+            return self.text_tokenizer(values, kind)
+        return self.text_tokenizer.pad(values)
+
     def __call__(self, examples: list[dict]) -> dict:
         batch = {
-            "query": self.text_tokenizer([e["query"] for e in examples], "query"),
-            "passage": self.text_tokenizer([e["passage"] for e in examples], "passage"),
+            "query": self.inputs([e["query"] for e in examples], "query"),
+            "passage": self.inputs([e["passage"] for e in examples], "passage"),
             "monolingual": torch.tensor([e["query_lang"] == e["passage_lang"] for e in examples]),
             "pairs": [f"{e['query_lang']}-{e['passage_lang']}" for e in examples],
         }
         if "negatives" in examples[0]:
-            batch["negatives"] = self.text_tokenizer([n for e in examples for n in e["negatives"]], "passage")
+            batch["negatives"] = self.inputs([n for e in examples for n in e["negatives"]], "passage")
         return batch
 
 
@@ -74,7 +80,8 @@ class ParallelDataModule(L.LightningDataModule):
     ``train`` is a callable returning the training items, as an :class:`ItemStore` or a list of
     :class:`ParallelItem` (a ``_partial_`` loader from ``conf/data``);
     ``sampler`` is a ``_partial_`` :class:`HybridBatchSampler` completed here with the items, the batch
-    size and the trainer's rank and world size. ``validation`` maps names to benchmark factories for
+    size and the trainer's rank and world size. With ``cache_tokens`` every text is tokenized once
+    (and, for file-backed data, cached on disk) instead of at every step. ``validation`` maps names to benchmark factories for
     the held-out split of the same data, which the retrieval callback evaluates during training.
     """
 
@@ -86,6 +93,7 @@ class ParallelDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_hard_negatives: int = 0,
         num_workers: int = 0,
+        cache_tokens: bool = True,
     ):
         super().__init__()
         if num_hard_negatives < 0:
@@ -96,6 +104,7 @@ class ParallelDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_hard_negatives = num_hard_negatives
         self.num_workers = num_workers
+        self.cache_tokens = cache_tokens
         self.store: ItemStore | None = None
         self.text_tokenizer: TextTokenizer | None = None
         self.batch_sampler: HybridBatchSampler | None = None
@@ -120,8 +129,9 @@ class ParallelDataModule(L.LightningDataModule):
         if self.text_tokenizer is None:
             raise RuntimeError("attach_tokenizer() must be called before training")
         self.setup()
+        store = self.store.tokenized(self.text_tokenizer) if self.cache_tokens else self.store
         return DataLoader(
-            PairDataset(self.store, self.num_hard_negatives),
+            PairDataset(store, self.num_hard_negatives),
             batch_sampler=self.batch_sampler,
             collate_fn=PairCollator(self.text_tokenizer),
             num_workers=self.num_workers,

@@ -23,6 +23,14 @@ def _features(languages: Sequence[str]) -> datasets.Features:
     return datasets.Features(spec)
 
 
+def _token_features(languages: Sequence[str]) -> datasets.Features:
+    ids = datasets.Sequence(datasets.Value("int32"))
+    spec = {"id": datasets.Value("string")}
+    for lang in languages:
+        spec.update({f"q.{lang}": ids, f"p.{lang}": ids, f"n.{lang}": datasets.Sequence(ids)})
+    return datasets.Features(spec)
+
+
 def item_to_row(item: ParallelItem, languages: Sequence[str]) -> dict:
     row = {"id": item.id}
     for lang in languages:
@@ -69,6 +77,35 @@ class ItemStore:
     def rows(self, indices: Sequence[int]) -> dict[str, list]:
         """Columns of the given rows (one Arrow take, not one lookup per row)."""
         return self.table[list(indices)]
+
+    def tokenized(self, text_tokenizer) -> "ItemStore":
+        """The same table with every text replaced by its token ids (prefix added, truncated).
+
+        Computed once with ``datasets.map``; for file-backed tables the result is cached on disk next
+        to the source and reused by later runs with the same tokenizer and settings.
+        """
+
+        def encode(batch: dict) -> dict:
+            out = {"id": batch["id"]}
+            for lang in self.languages:
+                for column, kind in ((f"q.{lang}", "query"), (f"p.{lang}", "passage")):
+                    texts = batch[column]
+                    present = [i for i, t in enumerate(texts) if t is not None]
+                    ids = text_tokenizer.encode([texts[i] for i in present], kind)
+                    column_ids: list = [None] * len(texts)
+                    for i, row in zip(present, ids):
+                        column_ids[i] = row
+                    out[column] = column_ids
+                negatives = batch[f"n.{lang}"]
+                flat = text_tokenizer.encode([t for texts in negatives for t in texts or []], "passage")
+                out[f"n.{lang}"], start = [], 0
+                for texts in negatives:
+                    out[f"n.{lang}"].append(flat[start : start + len(texts or [])])
+                    start += len(texts or [])
+            return out
+
+        table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize")
+        return ItemStore(table, self.languages)
 
     def item(self, index: int) -> ParallelItem:
         row = self.table[int(index)]

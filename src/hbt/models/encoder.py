@@ -32,13 +32,26 @@ class TextTokenizer:
     max_passage_length: int
 
     def __call__(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
+        return self.pad(self.encode(texts, kind))
+
+    def encode(self, texts: list[str], kind: str) -> list[list[int]]:
+        """Token ids of prefixed, truncated texts, unpadded (what the token cache stores)."""
         prefix, max_length = (
             (self.query_prefix, self.max_query_length) if kind == "query" else (self.passage_prefix, self.max_passage_length)
         )
-        encoded = self.tokenizer(
-            [prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if not texts:
+            return []
+        return self.tokenizer([prefix + text for text in texts], truncation=True, max_length=max_length)["input_ids"]
+
+    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        lengths = [len(row) for row in ids]
+        width = max(lengths, default=0)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def build_tiny(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 512, max_positions: int = 256):

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HBT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 # Small, fast settings for the embedded default.
 FAST = ["logger=csv", "trainer.max_epochs=1", "trainer.max_steps=6", "data.batch_size=16"]

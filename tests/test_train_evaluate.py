@@ -88,3 +88,19 @@ def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines[-1] == "config error: sampler.ratio: must lie in [0, 1], got 1.5"
     assert not (tmp_path / "results.json").exists()
+
+
+def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
+    cfg = make_cfg("train", [*FAST, "loss.chunk_size=4", "trainer.max_steps=3"], tmp_path / "gc")
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 3
+    assert not objects["module"].automatic_optimization
+    check_results_shape(json.loads((tmp_path / "gc" / "results.json").read_text()), "toy", languages=9)
+
+
+def test_ddp_cpu_two_processes(tmp_path):
+    proc = run_cli("train.py", "trainer=ddp_cpu", *FAST, "trainer.max_steps=3", "data.batch_size=8", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = (tmp_path / "csv" / "metrics.csv").read_text()
+    assert "train/epoch_mono_pair_share" in metrics  # logged by the ranks at epoch end
+    check_results_shape(json.loads((tmp_path / "results.json").read_text()), "toy", languages=9)

@@ -10,16 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hbt.errors import ConfigError
+
 
 class InfoNCELoss(nn.Module):
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False):
+    """``chunk_size`` turns on GradCache: the batch is encoded ``chunk_size`` texts at a time, so
+    memory stays that of one chunk while the loss and gradients are those of the whole batch."""
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, chunk_size: int | None = None):
         super().__init__()
         if temperature <= 0:
-            from hbt.errors import ConfigError
-
             raise ConfigError("loss.temperature", f"must be > 0, got {temperature}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError("loss.chunk_size", f"must be >= 1 (or null to turn GradCache off), got {chunk_size}")
         self.temperature = temperature
         self.symmetric = symmetric
+        self.chunk_size = chunk_size
 
     def forward(
         self, queries: torch.Tensor, passages: torch.Tensor, targets: torch.Tensor, all_queries: torch.Tensor | None = None

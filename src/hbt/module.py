@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext as _nullcontext
 
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from hbt.distributed import average_gradients, gather_with_grad, rank_and_world
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 
@@ -32,37 +34,87 @@ class RetrieverModule(L.LightningModule):
         loss: InfoNCELoss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., LambdaLR] | None = None,
+        gradient_clip_val: float | None = None,
     ):
         super().__init__()
         self.encoder = encoder
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # GradCache steps the optimizer itself; gradient clipping then happens here, not in the Trainer.
+        self.automatic_optimization = not loss.chunk_size
+        self.gradient_clip_val = gradient_clip_val
         self.hbt_config: dict | None = None  # the resolved run config, stored in checkpoints
         self.pairs_seen: Counter[str] = Counter()
 
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``x`` over DDP ranks, keeping gradients to every rank's copy."""
-        if self.trainer is None or self.trainer.world_size == 1:
-            return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        queries = self.encoder(batch["query"])
-        passages = self.gather(self.encoder(batch["passage"]))
-        if "negatives" in batch:
-            passages = torch.cat([passages, self.gather(self.encoder(batch["negatives"]))])
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+    def contrastive_loss(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None):
+        """InfoNCE of local query embeddings against the passages (and hard negatives) of all ranks."""
+        rank, _ = rank_and_world()
+        candidates = gather_with_grad(passages)
+        if negatives is not None:
+            candidates = torch.cat([candidates, gather_with_grad(negatives)])
         targets = torch.arange(len(queries), device=queries.device) + rank * len(queries)
-        all_queries = self.gather(queries) if self.loss.symmetric else None
-        loss, stats = self.loss(queries, passages, targets, all_queries)
+        all_queries = gather_with_grad(queries) if self.loss.symmetric else None
+        return self.loss(queries, candidates, targets, all_queries)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.loss.chunk_size:
+            loss, stats, queries = self.grad_cache_step(batch)
+        else:
+            queries = self.encoder(batch["query"])
+            negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
+            loss, stats = self.contrastive_loss(queries, self.encoder(batch["passage"]), negatives)
+        self.log_step(batch, loss, stats, queries)
+        return None if self.loss.chunk_size else loss
+
+    def log_step(self, batch: dict, loss: torch.Tensor, stats: dict, queries: torch.Tensor) -> None:
         batch_size = len(queries)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=batch_size)
         self.log("train/emb_std", queries.detach().std(0).mean(), batch_size=batch_size)
-        self.log("train/mono_share", batch["monolingual"].float().mean(), on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log("train/mono_share", batch["monolingual"].float().mean(), on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.pairs_seen.update(batch["pairs"])
-        return loss
+
+    # -- GradCache (Gao et al. 2021): large batches at the memory of one chunk ------------------------
+    def grad_cache_backward(self, batch: dict):
+        """Embed without a graph, take the loss's gradient w.r.t. the embeddings, then re-encode chunk by
+        chunk with a graph and push those gradients through, accumulating parameter gradients. RNG states
+        are replayed so dropout masks match the first pass. DDP's own sync is held off (the caller
+        averages gradients once)."""
+        kinds = ["query", "passage"] + (["negatives"] if "negatives" in batch else [])
+        chunks = {kind: _split_inputs(batch[kind], self.loss.chunk_size) for kind in kinds}
+        rng_states, embeddings = {}, {}
+        with torch.no_grad():
+            for kind in kinds:
+                rng_states[kind], parts = [], []
+                for chunk in chunks[kind]:
+                    rng_states[kind].append(_rng_state())
+                    parts.append(self.encoder(chunk))
+                embeddings[kind] = torch.cat(parts).requires_grad_()
+        loss, stats = self.contrastive_loss(embeddings["query"], embeddings["passage"], embeddings.get("negatives"))
+        loss.backward()
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        with strategy.block_backward_sync() if hasattr(strategy, "block_backward_sync") else _nullcontext():
+            for kind in kinds:
+                grads = embeddings[kind].grad.split(self.loss.chunk_size)
+                for chunk, state, grad in zip(chunks[kind], rng_states[kind], grads):
+                    _set_rng_state(state)
+                    self.encoder(chunk).backward(grad)
+        return loss.detach(), stats, embeddings["query"].detach()
+
+    def grad_cache_step(self, batch: dict):
+        """One optimizer step with GradCache (manual optimization)."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss, stats, queries = self.grad_cache_backward(batch)
+        average_gradients(self.encoder.parameters())
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss, stats, queries
 
     def on_train_epoch_end(self) -> None:
         """Per epoch: share of monolingual pairs, distinct language pairs, and each query language's share."""
@@ -73,9 +125,12 @@ class RetrieverModule(L.LightningModule):
             by_query_lang: Counter[str] = Counter()
             for pair, n in self.pairs_seen.items():
                 by_query_lang[split[pair][0]] += n
-            self.log("train/epoch_mono_pair_share", mono / total)
-            self.log("train/epoch_language_pairs_seen", float(len(self.pairs_seen)))
-            self.log_dict({f"train/query_lang_share/{lang}": n / total for lang, n in sorted(by_query_lang.items())})
+            # Ranks draw the same batch types and languages, so the rank mean is the global share.
+            self.log("train/epoch_mono_pair_share", mono / total, sync_dist=True)
+            self.log("train/epoch_language_pairs_seen", float(len(self.pairs_seen)), sync_dist=True)
+            # Key sets can differ across ranks (X-Y languages are drawn per example): rank zero's view only.
+            shares = {f"train/query_lang_share/{lang}": n / total for lang, n in sorted(by_query_lang.items())}
+            self.log_dict(shares, rank_zero_only=True)
         self.pairs_seen.clear()
 
     def configure_optimizers(self):
@@ -91,3 +146,18 @@ class RetrieverModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hbt_config"] = self.hbt_config
+
+
+def _split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    keys = list(inputs)
+    return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size) for k in keys))]
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])

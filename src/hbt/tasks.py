@@ -36,15 +36,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
-    module = RetrieverModule(
-        encoder, instantiate(cfg.loss), optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler)
-    )
+    loss = instantiate(cfg.loss)
+    # With GradCache the module steps the optimizer itself, so it also does the clipping.
+    clip = {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")} if loss.chunk_size else {}
+    module = RetrieverModule(encoder, loss, optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler), **clip)
     module.hbt_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip})
     for logger in loggers:
         logger.log_hyperparams(module.hbt_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -1,0 +1,70 @@
+"""One encoder wrapper for every family; exports that sentence-transformers loads to the same embeddings."""
+import pytest
+import torch
+from transformers import BertConfig, BertModel, ByT5Tokenizer, MBartConfig, MBartModel, MT5Config, MT5Model, XLMRobertaConfig, XLMRobertaModel
+
+from hbt.errors import ConfigError
+from hbt.models.encoder import Encoder
+
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+TEXTS = ["What currency is used in Japan?", "日本使用什么货币？", "Какая валюта в Японии?"]
+
+
+def save_random(model, path):
+    model.save_pretrained(path)
+    ByT5Tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "family,build,backbone",
+    [
+        ("xlmr", lambda: XLMRobertaModel(XLMRobertaConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)), "XLMRobertaModel"),
+        ("mt5", lambda: MT5Model(MT5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0)), "MT5EncoderModel"),
+        ("mbart", lambda: MBartModel(MBartConfig(vocab_size=384, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)), "MBartEncoder"),
+    ],
+)
+def test_model_families_load_their_encoder_half(tmp_path, family, build, backbone):
+    encoder = Encoder(name_or_path=save_random(build(), tmp_path / family))
+    assert type(encoder.backbone).__name__ == backbone
+    emb = encoder.encode(TEXTS, "query")
+    assert emb.shape == (3, 32)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_cls_and_mean_pooling():
+    encoder = Encoder(tiny=TINY, pooling="cls")
+    hidden = torch.arange(12.0).reshape(1, 3, 4)
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(encoder.pool(hidden, mask), hidden[:, 0])
+    encoder.pooling = "mean"
+    assert torch.equal(encoder.pool(hidden, mask), hidden[:, :2].mean(1))
+
+
+def test_prefixes_and_lengths_are_applied():
+    encoder = Encoder(tiny=TINY, query_prefix="q> ", passage_prefix="p> ", max_query_length=8)
+    ids = encoder.text_tokenizer.encode(["hello world"], "query")[0]
+    assert len(ids) == 8
+    assert encoder.tokenizer.decode(encoder.text_tokenizer.encode(["hi"], "passage")[0], skip_special_tokens=True) == "p> hi"
+
+
+def test_export_loads_in_sentence_transformers_with_the_same_embeddings(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny=TINY)
+    encoder.save_pretrained(tmp_path / "model")
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    for kind in ("query", "passage"):
+        ours = encoder.encode(TEXTS, kind)
+        theirs = st.encode(TEXTS, prompt_name=kind, convert_to_tensor=True)
+        torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    reloaded = Encoder.from_exported(tmp_path / "model")
+    torch.testing.assert_close(reloaded.encode(TEXTS, "query"), encoder.encode(TEXTS, "query"))
+
+
+def test_unknown_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.name_or_path: cannot load"):
+        Encoder(name_or_path=str(tmp_path / "no-such-model"))
+    with pytest.raises(ConfigError, match="model.pooling"):
+        Encoder(tiny=TINY, pooling="max")

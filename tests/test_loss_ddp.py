@@ -1,0 +1,105 @@
+"""The loss is the same optimisation on 1 process, on 2 gloo ranks, and with GradCache (tolerance 1e-5)."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hbt.data.datamodule import PairCollator
+from hbt.data.toy import toy_items
+from hbt.loss import InfoNCELoss
+from hbt.models.encoder import Encoder
+from hbt.module import RetrieverModule
+
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+BATCH = 8
+
+
+def make_module(chunk_size=None, symmetric=False, seed=0) -> RetrieverModule:
+    torch.manual_seed(seed)
+    encoder = Encoder(tiny=TINY)
+    encoder.backbone.config.hidden_dropout_prob = 0.0
+    for module in encoder.modules():  # dropout off: chunked and whole-batch passes must match exactly
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return RetrieverModule(encoder, InfoNCELoss(0.05, symmetric=symmetric, chunk_size=chunk_size), optimizer=torch.optim.AdamW)
+
+
+def make_batch(with_negatives=False):
+    items = toy_items("validation", ["en", "ru", "zh"])[:BATCH]
+    examples = [
+        {"query": it.questions["en"], "passage": it.passages["zh"], "query_lang": "en", "passage_lang": "zh", "negatives": [items[(i + 3) % BATCH].passages["ru"]]}
+        for i, it in enumerate(items)
+    ]
+    if not with_negatives:
+        for e in examples:
+            del e["negatives"]
+    return PairCollator(make_module().encoder.text_tokenizer)(examples)
+
+
+def slice_batch(batch, start, stop):
+    out = {k: {n: t[start:stop] for n, t in v.items()} for k, v in batch.items() if isinstance(v, dict)}
+    out["monolingual"], out["pairs"] = batch["monolingual"][start:stop], batch["pairs"][start:stop]
+    return out
+
+
+def loss_and_grads(module, batch):
+    module.encoder.zero_grad()
+    if module.loss.chunk_size:
+        loss, _, _ = module.grad_cache_backward(batch)
+    else:
+        negatives = module.encoder(batch["negatives"]) if "negatives" in batch else None
+        loss, _ = module.contrastive_loss(module.encoder(batch["query"]), module.encoder(batch["passage"]), negatives)
+        loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in module.encoder.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("negatives", [False, True])
+def test_grad_cache_matches_the_whole_batch(symmetric, negatives):
+    batch = make_batch(negatives)
+    ref_loss, ref_grads = loss_and_grads(make_module(symmetric=symmetric), batch)
+    loss, grads = loss_and_grads(make_module(chunk_size=3, symmetric=symmetric), batch)
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def _worker(rank, world, port, chunk_size, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        module = make_module(chunk_size=chunk_size)
+        batch = make_batch(with_negatives=True)
+        per_rank = BATCH // world
+        loss, _ = loss_and_grads(module, slice_batch(batch, rank * per_rank, (rank + 1) * per_rank))
+        from hbt.distributed import average_gradients
+
+        average_gradients(module.encoder.parameters())  # what DDP does to parameter gradients
+        mean_loss = torch.tensor(loss)
+        dist.all_reduce(mean_loss)
+        grads = {n: p.grad for n, p in module.encoder.named_parameters() if p.grad is not None}
+        torch.save({"loss": mean_loss.item() / world, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size):
+    ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(with_negatives=True))
+    mp.spawn(_worker, args=(2, free_port(), chunk_size, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["loss"] == pytest.approx(ref_loss, abs=1e-5)
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-4)

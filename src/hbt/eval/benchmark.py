@@ -18,6 +18,8 @@ class RetrievalBenchmark:
     queries: dict[str, list[tuple[str, str]]]  # lang -> [(qid, text)]
     candidates: dict[str, list[str]]  # lang -> candidate texts (position = candidate index)
     relevant: dict[str, dict[str, list[int]]]  # candidate lang -> qid -> candidate positions
+    # Settings to run (None: the evaluator's). Parallel sentences skip "mono", where query = candidate.
+    settings: tuple[str, ...] | None = None
 
     @property
     def languages(self) -> list[str]:
@@ -39,3 +41,17 @@ def benchmark_from_items(name: str, items: list[ParallelItem], languages: list[s
         candidates[lang] = [item.passages[lang] for item in present]
         relevant[lang] = {item.id: [pos] for pos, item in enumerate(present)}
     return RetrievalBenchmark(name, queries, candidates, relevant)
+
+
+@dataclass
+class BenchmarkGroup:
+    """Benchmarks reported as one dataset, e.g. Tatoeba: one 2-language benchmark per language paired
+    with its own English side. Pair keys are unique across parts; ``label`` renames languages inside
+    a part (the English of each Tatoeba pair)."""
+
+    name: str
+    parts: dict[str, RetrievalBenchmark]
+    labels: dict[str, dict[str, str]]
+
+    def summary(self) -> str:
+        return f"{self.name} ({len(self.parts)} parts: {', '.join(self.parts)})"

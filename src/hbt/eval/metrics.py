@@ -64,3 +64,27 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
+
+
+def ndcg_at(ranked_gains: list[float], judged_gains: list[float], k: int) -> float:
+    """nDCG@k with linear gains (the graded relevance itself) and log2 discounts, as trec_eval computes it.
+
+    ``ranked_gains`` are the gains of the retrieved list in rank order; ``judged_gains`` all positive
+    judgements of the query (the ideal ranking sorts them).
+    """
+    import math
+
+    dcg = sum(g / math.log2(i + 2) for i, g in enumerate(ranked_gains[:k]) if g > 0)
+    ideal = sorted((g for g in judged_gains if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def trec_query_metrics(ranked: list[str], judgements: dict[str, int], ks: dict[str, int]) -> dict[str, float]:
+    """nDCG@k and Recall@k of one query's ranked docids against graded judgements (grade > 0 = relevant)."""
+    relevant = {doc for doc, grade in judgements.items() if grade > 0}
+    k_ndcg, k_recall = ks["ndcg"], ks["recall"]
+    return {
+        f"ndcg@{k_ndcg}": ndcg_at([judgements.get(doc, 0) for doc in ranked], list(judgements.values()), k_ndcg),
+        f"recall@{k_recall}": len(relevant.intersection(ranked[:k_recall])) / len(relevant) if relevant else 0.0,
+    }

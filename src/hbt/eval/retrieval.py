@@ -7,17 +7,37 @@ Per-pair metrics are averaged over queries; the macro view averages over pairs.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 
-from hbt.eval.benchmark import RetrievalBenchmark
-from hbt.eval.metrics import mean_metrics, query_metrics, relevant_ranks
+from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
+from hbt.eval.metrics import mean_metrics, query_metrics, relevant_ranks, trec_query_metrics
+from hbt.eval.search import FaissSearcher
+from hbt.eval.trec import TrecBenchmark
 from hbt.models.encoder import Encoder
 
 SETTINGS = ("mono", "cross", "multi")
 
 
 class Evaluator:
-    def __init__(self, batch_size: int = 128, ks: tuple[int, ...] = (1, 10), settings: tuple[str, ...] = SETTINGS, progress: bool = False):
+    """Encodes each benchmark once and scores it.
+
+    LAReQA-style and parallel benchmarks (pools of thousands) are ranked exactly over the full pool;
+    TREC-style benchmarks (MIRACL) are searched top-k with ``searcher`` (faiss). With ``cache_dir``,
+    embeddings are stored on disk keyed by the encoder's weights, settings and the texts, and reused.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        ks: tuple[int, ...] = (1, 10),
+        settings: tuple[str, ...] = SETTINGS,
+        progress: bool = False,
+        searcher: FaissSearcher | None = None,
+        cache_dir: str | None = None,
+    ):
         from hbt.errors import ConfigError
 
         unknown = [s for s in settings if s not in SETTINGS]
@@ -27,23 +47,79 @@ class Evaluator:
         self.ks = tuple(int(k) for k in ks)
         self.settings = tuple(settings)
         self.progress = progress
+        self.searcher = searcher or FaissSearcher()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
 
-    def run(self, encoder: Encoder, benchmarks: dict[str, RetrievalBenchmark]) -> dict:
-        return {name: self.evaluate(encoder, bench) for name, bench in benchmarks.items()}
+    def run(self, encoder: Encoder, benchmarks: dict) -> dict:
+        fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
+        return {name: self.evaluate(encoder, bench, fingerprint) for name, bench in benchmarks.items()}
 
-    def embed(self, encoder: Encoder, bench: RetrievalBenchmark) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        queries = {lang: encoder.encode([t for _, t in qs], "query", self.batch_size, self.progress) for lang, qs in bench.queries.items()}
-        pools = {lang: encoder.encode(cs, "passage", self.batch_size, self.progress) for lang, cs in bench.candidates.items()}
+    def encode(self, encoder: Encoder, texts: list[str], kind: str, fingerprint: str = "") -> torch.Tensor:
+        if self.cache_dir is None:
+            return encoder.encode(texts, kind, self.batch_size, self.progress)
+        digest = hashlib.blake2b(f"{fingerprint}|{kind}".encode(), digest_size=20)
+        for text in texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        path = self.cache_dir / f"{digest.hexdigest()}.pt"
+        if path.exists():
+            return torch.load(path)
+        embeddings = encoder.encode(texts, kind, self.batch_size, self.progress)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(embeddings, tmp)
+        tmp.replace(path)
+        return embeddings
+
+    def embed(self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        queries = {lang: self.encode(encoder, [t for _, t in qs], "query", fingerprint) for lang, qs in bench.queries.items()}
+        pools = {lang: self.encode(encoder, cs, "passage", fingerprint) for lang, cs in bench.candidates.items()}
         return queries, pools
 
-    def evaluate(self, encoder: Encoder, bench: RetrievalBenchmark) -> dict:
-        return self.score(bench, *self.embed(encoder, bench))
+    def evaluate(self, encoder: Encoder, bench, fingerprint: str = "") -> dict:
+        if isinstance(bench, TrecBenchmark):
+            return self.evaluate_trec(encoder, bench, fingerprint)
+        if isinstance(bench, BenchmarkGroup):
+            return self.evaluate_group(encoder, bench, fingerprint)
+        return self.score(bench, *self.embed(encoder, bench, fingerprint))
+
+    def evaluate_group(self, encoder: Encoder, group: BenchmarkGroup, fingerprint: str = "") -> dict:
+        """Each part on its own; pair tables merged into one dataset and macro-averaged over all pairs."""
+        merged: dict[str, dict] = {}
+        for part_name, part in group.parts.items():
+            for setting, block in self.evaluate(encoder, part, fingerprint).items():
+                pairs = merged.setdefault(setting, {"pairs": {}})["pairs"]
+                for key, metrics in block["pairs"].items():
+                    if setting == "multi" and key in group.labels.get(part_name, {}):
+                        key = f"{key}({part_name})"  # the English queries of each Tatoeba pair
+                    pairs[key] = metrics
+        for block in merged.values():
+            block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
+        return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items()}
+
+    def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "") -> dict:
+        """Monolingual top-k search per language; queries without a positive judgement are skipped."""
+        pairs = {}
+        depth = max(bench.ks.values())
+        for lang, data in bench.languages.items():
+            queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
+            if not queries or not data.doc_ids:
+                continue
+            q = self.encode(encoder, [t for _, t in queries], "query", fingerprint)
+            d = self.encode(encoder, data.doc_texts, "passage", fingerprint)
+            _, ids = self.searcher.search(q.numpy(), d.numpy(), depth)
+            per_query = [
+                trec_query_metrics([data.doc_ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, ids)
+            ]
+            pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
+        macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
+        return {"mono": {"macro": macro, "pairs": pairs, "corpus": bench.corpus}}
 
     def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor]) -> dict:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine)."""
         langs = bench.languages
         results: dict[str, dict] = {}
-        for setting in self.settings:
+        for setting in [s for s in self.settings if bench.settings is None or s in bench.settings]:
             pairs: dict[str, dict[str, float]] = {}
             for x in langs:
                 if setting == "multi":
@@ -74,6 +150,19 @@ class Evaluator:
         scores = q_emb[torch.tensor(rows)] @ pool.T
         per_query = [query_metrics(r, self.ks, with_rank_distance) for r in relevant_ranks(scores, relevant)]
         return {**mean_metrics(per_query), "num_queries": len(rows)}
+
+
+def encoder_fingerprint(encoder: Encoder) -> str:
+    """A digest of the weights and input settings: cached embeddings are reused only for the same model."""
+    tt = encoder.text_tokenizer
+    digest = hashlib.blake2b(
+        repr((encoder.pooling, tt.query_prefix, tt.passage_prefix, tt.max_query_length, tt.max_passage_length, len(tt.tokenizer))).encode(),
+        digest_size=20,
+    )
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def flatten_macro(results: dict, prefix: str) -> dict[str, float]:

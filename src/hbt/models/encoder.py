@@ -114,6 +114,7 @@ class Encoder(nn.Module):
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pooling = pooling
         self.text_tokenizer = TextTokenizer(tokenizer, query_prefix, passage_prefix, max_query_length, max_passage_length)
+        self.train()  # from_pretrained leaves the backbone in eval mode, which would silently drop dropout
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

@@ -1,0 +1,60 @@
+"""Shared set-up for the benchmark scripts: the models they compare on and the batches they feed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HBT_SHARED", ROOT.parent / "shared"))
+TOY_LANGUAGES = ["en", "de", "es", "fr", "ru", "ar", "zh", "hi", "el"]
+TINY = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512, "max_positions": 256}
+
+
+def me5_small_dir() -> Path:
+    """multilingual-e5-small as a local HF directory, built offline from ../shared/tools once."""
+    target = Path(os.environ.get("HBT_ME5_DIR", ROOT / ".cache" / "me5-small"))
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(SHARED / "tools" / "offline_me5_small.py"), str(target)], check=True)
+    return target
+
+
+def make_encoder(model: str, max_length: int):
+    from hbt.models.encoder import Encoder
+
+    lengths = {"max_query_length": max_length, "max_passage_length": max_length}
+    if model == "tiny":
+        return Encoder(tiny=TINY, **lengths)
+    path = me5_small_dir() if model == "me5_small" else Path(model)
+    return Encoder(name_or_path=str(path), **lengths)
+
+
+def make_datamodule(encoder, batch_size: int, ratio: float = 0.5, cache_tokens: bool = True, items=None):
+    from hbt.data.datamodule import ParallelDataModule
+    from hbt.data.toy import toy_items
+    from hbt.sampling import HybridBatchSampler
+
+    items = items if items is not None else toy_items("train", TOY_LANGUAGES)
+    dm = ParallelDataModule(
+        train=lambda: items, sampler=partial(HybridBatchSampler, ratio=ratio, seed=0), batch_size=batch_size, cache_tokens=cache_tokens
+    )
+    dm.attach_tokenizer(encoder.text_tokenizer)
+    return dm
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

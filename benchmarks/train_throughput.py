@@ -1,0 +1,169 @@
+"""Training throughput (pairs/s): hbt (Lightning) vs a hand-written PyTorch loop vs sentence-transformers.
+
+All three train the same encoder on the same pairs, batch size and maximum length with AdamW (fused, as
+hbt's default config and the Hugging Face trainer use), InfoNCE
+at temperature 0.05 (= MultipleNegativesRankingLoss scale 20) and in-batch negatives, one after the
+other in this process. The first `--warmup` steps of each are not timed.
+
+    python benchmarks/train_throughput.py --model tiny --batch-size 32 --steps 60
+    python benchmarks/train_throughput.py --model me5_small --batch-size 16 --max-length 64 --steps 12
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import lightning as L
+import torch
+
+from common import Stopwatch, make_datamodule, make_encoder
+
+
+def batches_for(args, encoder) -> list[dict]:
+    return list(_cycle(make_datamodule(encoder, args.batch_size).train_dataloader(), args.warmup + args.steps))
+
+
+def plain_loop(args) -> float:
+    """The reference: the same step written by hand."""
+    from hbt.loss import InfoNCELoss
+    from hbt.module import warmup_linear
+
+    torch.manual_seed(0)
+    encoder = make_encoder(args.model, args.max_length)
+    loader = make_datamodule(encoder, args.batch_size).train_dataloader()  # batches made live, as in hbt
+    loss_fn = InfoNCELoss(0.05)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
+    scheduler = warmup_linear(optimizer, args.warmup + args.steps)
+    encoder.train()
+    for i, batch in enumerate(_cycle(loader, args.warmup + args.steps)):
+        if i == args.warmup:
+            clock = Stopwatch()
+        q, p = encoder(batch["query"]), encoder(batch["passage"])
+        loss, _ = loss_fn(q, p, torch.arange(len(q)))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+    return args.steps * args.batch_size / clock.seconds()
+
+
+def _cycle(loader, n: int):
+    done = 0
+    while True:
+        for batch in loader:
+            if done == n:
+                return
+            yield batch
+            done += 1
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.warmup and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args):
+        self.end = time.perf_counter()
+
+
+def hbt_lightning(args) -> float:
+    """hbt's real path: ParallelDataModule + RetrieverModule under lightning.Trainer."""
+    from functools import partial
+
+    from hbt.loss import InfoNCELoss
+    from hbt.module import RetrieverModule, warmup_linear
+
+    torch.manual_seed(0)
+    encoder = make_encoder(args.model, args.max_length)
+    module = RetrieverModule(
+        encoder, InfoNCELoss(0.05), optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01, fused=True), scheduler=partial(warmup_linear)
+    )
+    timer = StepTimer(args.warmup)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, gradient_clip_val=1.0, use_distributed_sampler=False, limit_val_batches=0, callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=make_datamodule(encoder, args.batch_size))
+    return args.steps * args.batch_size / (timer.end - timer.start)
+
+
+def sentence_transformers(args) -> float:
+    """sentence-transformers' own trainer with MultipleNegativesRankingLoss on the same pairs."""
+    import datasets
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+    from transformers import TrainerCallback
+
+    import tempfile
+
+    torch.manual_seed(0)
+    encoder = make_encoder(args.model, args.max_length)
+    batches = batches_for(args, encoder)
+    tok = encoder.tokenizer
+    pairs = {"anchor": [], "positive": []}
+    for batch in batches:  # the same texts hbt trains on, prefixes stripped (ST adds them as prompts)
+        pairs["anchor"] += [t.removeprefix("query: ") for t in tok.batch_decode(batch["query"]["input_ids"], skip_special_tokens=True)]
+        pairs["positive"] += [t.removeprefix("passage: ") for t in tok.batch_decode(batch["passage"]["input_ids"], skip_special_tokens=True)]
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder.save_pretrained(tmp)
+        model = SentenceTransformer(tmp, device="cpu")
+        model.max_seq_length = args.max_length
+        times = []
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, *a, **k):
+                times.append(time.perf_counter())
+
+            def on_train_end(self, *a, **k):
+                times.append(time.perf_counter())
+
+        training_args = SentenceTransformerTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps, learning_rate=args.lr,
+            weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[],
+            prompts={"anchor": "query: ", "positive": "passage: "}, use_cpu=True, dataloader_drop_last=True, disable_tqdm=True,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=training_args, train_dataset=datasets.Dataset.from_dict(pairs),
+            loss=losses.MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[Timer()],
+        )
+        trainer.train()
+    return args.steps * args.batch_size / (times[-1] - times[args.warmup])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, me5_small, or a local HF directory")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved; the median is reported")
+    parser.add_argument("--skip-st", action="store_true")
+    args = parser.parse_args()
+    runs = {"plain PyTorch loop": plain_loop, "hbt (Lightning)": hbt_lightning}
+    if not args.skip_st:
+        runs["sentence-transformers"] = sentence_transformers
+    samples = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every run alike
+        for name, run in runs.items():
+            samples[name].append(run(args))
+    results = {name: statistics.median(values) for name, values in samples.items()}
+    base = results["plain PyTorch loop"]
+    print(f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} timed steps={args.steps} repeats={args.repeats} threads={torch.get_num_threads()}")
+    for name, values in samples.items():
+        print(f"  {name}: " + ", ".join(f"{v:.2f}" for v in values))
+    print(f"{'run':<24}{'pairs/s':>10}{'vs plain':>10}")
+    for name, value in results.items():
+        print(f"{name:<24}{value:>10.2f}{value / base:>10.3f}")
+    print(f"hbt framework overhead vs plain loop: {100 * (1 - results['hbt (Lightning)'] / base):+.1f}%")
+    if "sentence-transformers" in results:
+        print(f"hbt / sentence-transformers: {results['hbt (Lightning)'] / results['sentence-transformers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Top-k inner-product search with faiss, for corpora too large for a full score matrix (MIRACL).
+
+``flat`` is exact; ``ivf`` and ``hnsw`` are approximate. On a host with faiss-gpu and a GPU, flat and
+IVF indexes move to the GPUs (HNSW stays on the CPU, as faiss has no GPU HNSW). Queries are searched
+in batches so memory stays bounded.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hbt.errors import ConfigError
+
+INDEXES = ("flat", "ivf", "hnsw")
+
+
+class FaissSearcher:
+    def __init__(
+        self,
+        index: str = "flat",
+        nlist: int = 1024,
+        nprobe: int = 32,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        use_gpu: bool | None = None,
+        query_batch: int = 4096,
+    ):
+        if index not in INDEXES:
+            raise ConfigError("evaluator.searcher.index", f"unknown index {index!r}; expected one of {', '.join(INDEXES)}")
+        self.index_type = index
+        self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
+        self.use_gpu = use_gpu
+        self.query_batch = query_batch
+
+    def build(self, corpus: np.ndarray):
+        import faiss
+
+        corpus = np.ascontiguousarray(corpus, dtype=np.float32)
+        dim = corpus.shape[1]
+        if self.index_type == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif self.index_type == "ivf":
+            nlist = max(1, min(self.nlist, len(corpus) // 39))  # faiss wants >= 39 training points per list
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = corpus[rng.choice(len(corpus), min(len(corpus), 256 * nlist), replace=False)]
+            index.train(sample)
+            index.nprobe = min(self.nprobe, nlist)
+        else:
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = self.ef_search
+        use_gpu = self.use_gpu if self.use_gpu is not None else hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        if use_gpu and self.index_type != "hnsw":
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(corpus)
+        return index
+
+    def search(self, queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and corpus positions of the top ``k`` per query (positions -1 where fewer exist)."""
+        index = self.build(corpus)
+        k = min(k, len(corpus))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = [], []
+        for start in range(0, len(queries), self.query_batch):
+            s, i = index.search(queries[start : start + self.query_batch], k)
+            scores.append(s)
+            ids.append(i)
+        return np.concatenate(scores), np.concatenate(ids)

@@ -1,0 +1,127 @@
+"""Ad-hoc retrieval benchmarks released in TREC style, such as MIRACL.
+
+Per language: topics (``qid \\t query`` TSV), qrels (``qid Q0 docid grade``, graded) and a corpus (JSONL
+of ``docid``/``title``/``text``, optionally gzipped, possibly split over several files). Retrieval is
+monolingual per language; metrics are nDCG@10 and Recall@100 per language and their average.
+
+The full MIRACL corpora are huge (English ~33M passages), so the corpus can be a *pooled* subset: every
+judged passage plus the top-``pool_depth`` passages of the given run files (TREC run format) — as
+MTEB's hard-negative variants do. Results say which corpus was used.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hbt.errors import DataError
+
+
+@dataclass
+class TrecLanguage:
+    queries: list[tuple[str, str]]
+    doc_ids: list[str]
+    doc_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+@dataclass
+class TrecBenchmark:
+    name: str
+    languages: dict[str, TrecLanguage]
+    corpus: str  # "full" or a description of the pooled subset
+    ks: dict[str, int] = field(default_factory=lambda: {"ndcg": 10, "recall": 100})
+
+    def summary(self) -> str:
+        parts = [f"{lang}: {len(d.queries)} q / {len(d.doc_ids)} docs" for lang, d in self.languages.items()]
+        return f"{self.name} [{self.corpus} corpus] ({', '.join(parts)})"
+
+
+def read_topics(path: Path) -> list[tuple[str, str]]:
+    from hbt.data.loaders import read_tsv
+
+    return [(qid, text) for _, (qid, text) in read_tsv(path, 2)]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    from hbt.data.loaders import read_lines
+
+    qrels: dict[str, dict[str, int]] = {}
+    for where, line in read_lines(path):
+        parts = line.split()
+        if len(parts) != 4:
+            raise DataError(where, f"expected 'qid Q0 docid grade' (4 fields), found {len(parts)}")
+        try:
+            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+        except ValueError:
+            raise DataError(where, f"relevance grade {parts[3]!r} is not an integer") from None
+    return qrels
+
+
+def read_run(path: Path, depth: int) -> dict[str, list[str]]:
+    """Top-``depth`` docids per query from a TREC run (``qid Q0 docid rank score tag``), by score."""
+    from hbt.data.loaders import read_lines
+
+    scored: dict[str, list[tuple[float, str]]] = {}
+    for where, line in read_lines(path):
+        parts = line.split()
+        if len(parts) != 6:
+            raise DataError(where, f"expected 'qid Q0 docid rank score tag' (6 fields), found {len(parts)}")
+        try:
+            scored.setdefault(parts[0], []).append((float(parts[4]), parts[2]))
+        except ValueError:
+            raise DataError(where, f"score {parts[4]!r} is not a number") from None
+    return {qid: [doc for _, doc in sorted(docs, key=lambda x: -x[0])[:depth]] for qid, docs in scored.items()}
+
+
+def read_corpus(pattern: str, keep: set[str] | None) -> tuple[list[str], list[str]]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(pattern, "no corpus files match")
+    ids, texts = [], []
+    for name in files:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(name, "rt", encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                    docid, text = str(doc["docid"]), doc["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise DataError(f"{name}:{lineno}", f"expected a JSON object with docid/title/text ({type(err).__name__})") from None
+                if keep is not None and docid not in keep:
+                    continue
+                title = doc.get("title") or ""
+                ids.append(docid)
+                texts.append(f"{title} {text}".strip() if title else text)
+    return ids, texts
+
+
+def load_trec(
+    name: str,
+    languages: list[str],
+    topics: str,
+    qrels: str,
+    corpus: str,
+    split: str = "dev",
+    runs: list[str] | None = None,
+    pool_depth: int = 100,
+    pooled: bool = True,
+) -> TrecBenchmark:
+    """Paths are patterns with ``{lang}`` and ``{split}``; ``corpus`` may contain a glob."""
+    data: dict[str, TrecLanguage] = {}
+    for lang in languages:
+        fill = lambda p: p.format(lang=lang, split=split)  # noqa: E731
+        judged = read_qrels(Path(fill(qrels)))
+        keep = None
+        if pooled:
+            keep = {doc for docs in judged.values() for doc in docs}
+            for run in runs or []:
+                keep |= {doc for docs in read_run(Path(fill(run)), pool_depth).values() for doc in docs}
+        ids, texts = read_corpus(fill(corpus), keep)
+        data[lang] = TrecLanguage(read_topics(Path(fill(topics))), ids, texts, judged)
+    desc = f"pooled (judged + top-{pool_depth} of {len(runs or [])} run(s))" if pooled else "full"
+    return TrecBenchmark(name, data, desc)

@@ -1,0 +1,71 @@
+"""Benchmark loaders on the real shared data, and one-line errors for eval files in the wrong format."""
+import json
+
+import pytest
+import torch
+from conftest import shared_data
+
+from hbt.errors import DataError
+from hbt.eval.lareqa import load_lareqa
+from hbt.eval.parallel import load_parallel_files, load_tatoeba
+from hbt.eval.retrieval import Evaluator
+from hbt.models.encoder import Encoder
+
+# LAReQA (Roy et al. 2020), Table 1: XQuAD-R candidates per language; 1,190 questions each.
+XQUAD_R_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244, "ru": 1219, "th": 852, "tr": 1167, "vi": 1209, "zh": 1196}
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+
+
+def test_xquad_r_matches_lareqa_counts_and_is_parallel():
+    bench = load_lareqa("xquad_r", shared_data("xquad-r"))
+    assert {lang: len(c) for lang, c in bench.candidates.items()} == XQUAD_R_CANDIDATES
+    ids = {lang: [qid for qid, _ in qs] for lang, qs in bench.queries.items()}
+    assert all(len(v) == 1190 and set(v) == set(ids["en"]) for v in ids.values())
+    # The relevant sentence contains the answer text (spot check in English).
+    en = json.loads((shared_data("xquad-r") / "en.json").read_text())
+    qa = en["data"][0]["paragraphs"][0]["qas"][0]
+    (pos,) = bench.relevant["en"][qa["id"]]
+    assert qa["answers"][0]["text"] in bench.candidates["en"][pos]
+
+
+def test_tatoeba_both_directions_against_english():
+    bench = load_tatoeba(str(shared_data("tatoeba")), ["afr", "jpn"])
+    torch.manual_seed(0)
+    results = Evaluator(ks=(1, 10)).evaluate(Encoder(tiny=TINY), bench)
+    assert set(results) == {"cross", "multi"}
+    assert set(results["cross"]["pairs"]) == {"afr-eng", "eng-afr", "jpn-eng", "eng-jpn"}
+    assert set(results["multi"]["pairs"]) == {"afr", "eng(afr)", "jpn", "eng(jpn)"}
+    assert results["cross"]["pairs"]["afr-eng"]["num_queries"] == 1000
+    assert "rank_distance" in results["multi"]["macro"]
+
+
+def test_identical_sides_give_perfect_accuracy(tmp_path):
+    for lang in ("xx", "yy"):
+        (tmp_path / f"{lang}.txt").write_text("a cat\nthe dog barks\nrain today\n")
+    bench = load_parallel_files("copy", str(tmp_path / "{lang}.txt"), ["xx", "yy"])
+    results = Evaluator(ks=(1,)).evaluate(Encoder(tiny=TINY), bench)
+    assert results["cross"]["macro"]["recall@1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        ('{"data": [', "invalid JSON"),
+        ('{"version": 1}', "expected a SQuAD-style object"),
+        ('{"data": [{"paragraphs": [{"context": "x", "qas": []}]}]}', "missing key 'sentences'"),
+    ],
+)
+def test_bad_lareqa_files(tmp_path, content, problem):
+    (tmp_path / "en.json").write_text(content)
+    with pytest.raises(DataError, match=problem) as err:
+        load_lareqa("x", tmp_path, ["en"])
+    assert str(tmp_path / "en.json") in str(err.value)
+
+
+def test_misaligned_parallel_files(tmp_path):
+    (tmp_path / "xx.txt").write_text("a\nb\n")
+    (tmp_path / "yy.txt").write_text("a\n")
+    with pytest.raises(DataError, match="not line-aligned"):
+        load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["xx", "yy"])
+    with pytest.raises(DataError, match="file not found"):
+        load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["zz"])

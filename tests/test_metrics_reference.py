@@ -1,0 +1,115 @@
+"""Our metrics agree with trec_eval (pytrec_eval) on the same rankings, ties and graded relevance included."""
+import json
+
+import numpy as np
+import pytest
+import pytrec_eval
+import torch
+
+from hbt.eval.metrics import average_precision, ndcg_at, recall_at, relevant_ranks
+from hbt.eval.retrieval import Evaluator
+from hbt.eval.search import FaissSearcher
+from hbt.eval.trec import load_trec
+from hbt.models.encoder import Encoder
+
+N_QUERIES, N_DOCS = 40, 150
+
+
+def docid(position: int) -> str:
+    # trec_eval breaks score ties by docid, descending; these ids make that the same as position, ascending.
+    return f"d{N_DOCS - position:04d}"
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(0)
+    scores = torch.tensor(np.round(rng.random((N_QUERIES, N_DOCS)), 1))  # one decimal: many ties
+    grades = []
+    for _ in range(N_QUERIES):
+        judged = rng.choice(N_DOCS, size=int(rng.integers(2, 8)), replace=False)
+        row = {int(p): int(rng.integers(0, 4)) for p in judged}
+        row[int(judged[0])] = max(row[int(judged[0])], 1)  # at least one relevant
+        grades.append(row)
+    qrels = {f"q{i}": {docid(p): g for p, g in row.items()} for i, row in enumerate(grades)}
+    run = {f"q{i}": {docid(p): float(scores[i, p]) for p in range(N_DOCS)} for i in range(N_QUERIES)}
+    reference = pytrec_eval.RelevanceEvaluator(qrels, {"map", "recall.1", "recall.10", "ndcg_cut.10"}).evaluate(run)
+    return scores, grades, reference
+
+
+def test_ap_and_recall_from_ranks(case):
+    scores, grades, reference = case
+    relevant = [[p for p, g in row.items() if g > 0] for row in grades]
+    for i, ranks in enumerate(relevant_ranks(scores, relevant)):
+        ref = reference[f"q{i}"]
+        assert average_precision(ranks) == pytest.approx(ref["map"], abs=1e-6)
+        assert recall_at(ranks, 1) == pytest.approx(ref["recall_1"], abs=1e-6)
+        assert recall_at(ranks, 10) == pytest.approx(ref["recall_10"], abs=1e-6)
+
+
+def test_graded_ndcg(case):
+    scores, grades, reference = case
+    for i, row in enumerate(grades):
+        ranked = sorted(range(N_DOCS), key=lambda p: (-float(scores[i, p]), p))
+        ours = ndcg_at([row.get(p, 0) for p in ranked], list(row.values()), 10)
+        assert ours == pytest.approx(reference[f"q{i}"]["ndcg_cut_10"], abs=1e-6)
+
+
+def write_miracl(root, lang="sw"):
+    """A small benchmark in MIRACL's released layout."""
+    topics = root / f"miracl-v1.0-{lang}" / "topics"
+    qrels = root / f"miracl-v1.0-{lang}" / "qrels"
+    corpus = root / f"miracl-corpus-v1.0-{lang}"
+    for d in (topics, qrels, corpus):
+        d.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    docs = [{"docid": f"{i}#0", "title": f"Title {i}", "text": f"passage number {i} about topic {i % 7}"} for i in range(60)]
+    (corpus / "docs-0.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[:30]))
+    (corpus / "docs-1.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[30:]))
+    (topics / f"topics.miracl-v1.0-{lang}-dev.tsv").write_text("".join(f"q{i}\tquestion about topic {i % 7}\n" for i in range(12)))
+    lines = []
+    for i in range(12):
+        for doc in rng.choice(60, size=4, replace=False):
+            lines.append(f"q{i} Q0 {doc}#0 {int(rng.integers(0, 3))}\n")
+    lines.append("q0 Q0 0#0 1\n")
+    (qrels / f"qrels.miracl-v1.0-{lang}-dev.tsv").write_text("".join(lines))
+    return dict(
+        topics=str(root / "miracl-v1.0-{lang}/topics/topics.miracl-v1.0-{lang}-{split}.tsv"),
+        qrels=str(root / "miracl-v1.0-{lang}/qrels/qrels.miracl-v1.0-{lang}-{split}.tsv"),
+        corpus=str(root / "miracl-corpus-v1.0-{lang}/docs-*.jsonl"),
+    )
+
+
+def test_trec_benchmark_end_to_end_agrees_with_pytrec_eval(tmp_path):
+    paths = write_miracl(tmp_path)
+    full = load_trec("miracl", ["sw"], pooled=False, **paths)
+    pooled = load_trec("miracl", ["sw"], pooled=True, **paths)
+    assert full.corpus == "full" and len(full.languages["sw"].doc_ids) == 60
+    assert pooled.corpus.startswith("pooled") and len(pooled.languages["sw"].doc_ids) < 60
+    torch.manual_seed(0)
+    encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
+    evaluator = Evaluator(searcher=FaissSearcher("flat"))
+    result = evaluator.evaluate(encoder, full)["mono"]
+    assert result["corpus"] == "full" and set(result["pairs"]) == {"sw-sw"}
+    # The reference: pytrec_eval on a run made from the same encoder's exact scores.
+    data = full.languages["sw"]
+    judged = [(qid, t) for qid, t in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
+    q = encoder.encode([t for _, t in judged], "query")
+    d = encoder.encode(data.doc_texts, "passage")
+    sims = (q @ d.T).numpy()
+    run = {qid: {data.doc_ids[j]: float(sims[i, j]) for j in range(len(data.doc_ids))} for i, (qid, _) in enumerate(judged)}
+    qrels = {qid: data.qrels[qid] for qid, _ in judged}
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    assert result["macro"]["ndcg@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in ref.values()]), abs=1e-5)
+    assert result["macro"]["recall@100"] == pytest.approx(np.mean([r["recall_100"] for r in ref.values()]), abs=1e-6)
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_indexes_find_the_exact_neighbours_on_easy_data(index):
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((2000, 16)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[:50] + 0.01 * rng.standard_normal((50, 16)).astype(np.float32)
+    _, exact = FaissSearcher("flat").search(queries, corpus, 1)
+    _, approx = FaissSearcher(index, nlist=16, nprobe=16).search(queries, corpus, 1)
+    assert (exact[:, 0] == np.arange(50)).all()
+    assert (approx[:, 0] == exact[:, 0]).mean() >= 0.95

@@ -26,7 +26,7 @@ from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
-from hbt.tracking import finish_wandb
+from hbt.tracking import finish_wandb, log_final_results
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         write_results(out, results, cfg)
+        log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
@@ -75,12 +76,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
         encoder = encoder.cuda()
     results = run_evaluation(cfg, encoder)
     metrics = flatten_macro(results, "test")
-    for logger_cfg in cfg.logger.values():
-        logger = instantiate(logger_cfg)
+    loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()]
+    write_results(out, results, cfg)
+    for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         logger.log_metrics(metrics)
+    log_final_results(loggers, results, out / RESULTS_FILE, None)
+    for logger in loggers:
         logger.finalize("success")
-    write_results(out, results, cfg)
     return metrics, {"encoder": encoder}
 
 

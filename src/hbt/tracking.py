@@ -85,3 +85,44 @@ def finish_wandb(exit_code: int = 0) -> None:
         return
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def wandb_runs(loggers) -> list:
+    """The W&B runs behind the given Lightning loggers."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [logger.experiment for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def log_pair_tables(run, results: dict, prefix: str) -> None:
+    """Per-language-pair metrics as ``wandb.Table``s and the query x candidate mAP heatmap as an image."""
+    import matplotlib.pyplot as plt
+    import wandb
+
+    from hbt.report import pair_matrix, plot_pair_heatmap
+
+    for dataset, by_setting in results.items():
+        for setting, block in by_setting.items():
+            metrics = sorted({m for values in block["pairs"].values() for m in values})
+            rows = [[pair, *(values.get(m) for m in metrics)] for pair, values in block["pairs"].items()]
+            run.log({f"{prefix}/{dataset}/{setting}/pairs": wandb.Table(columns=["pair", *metrics], data=rows)})
+        langs, matrix = pair_matrix(by_setting, "map")
+        if langs:
+            fig = plot_pair_heatmap(langs, matrix, f"{dataset}: mAP by language pair")
+            run.log({f"{prefix}/{dataset}/map_heatmap": wandb.Image(fig)})
+            plt.close(fig)
+
+
+def log_final_results(loggers, results: dict, results_path: Path, model_dir: Path | None) -> None:
+    """Tables, heatmaps, and ``results.json`` (+ the exported model) as artifacts of every W&B run."""
+    import wandb
+
+    for run in wandb_runs(loggers):
+        log_pair_tables(run, results, "test")
+        artifact = wandb.Artifact(f"results-{run.id}", type="results")
+        artifact.add_file(str(results_path))
+        run.log_artifact(artifact)
+        if model_dir is not None and model_dir.exists():
+            model = wandb.Artifact(f"model-{run.id}", type="model")
+            model.add_dir(str(model_dir))
+            run.log_artifact(model)

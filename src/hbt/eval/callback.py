@@ -7,6 +7,7 @@ import lightning as L
 
 from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.eval.retrieval import Evaluator, flatten_macro
+from hbt.tracking import log_pair_tables, wandb_runs
 
 
 class RetrievalEvalCallback(L.Callback):
@@ -54,4 +55,6 @@ class RetrievalEvalCallback(L.Callback):
             metrics = flatten_macro(self.last_results, self.prefix)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+            for run in wandb_runs(trainer.loggers):
+                log_pair_tables(run, self.last_results, self.prefix)
         trainer.strategy.barrier()

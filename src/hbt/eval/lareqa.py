@@ -10,26 +10,90 @@ import bisect
 import json
 from pathlib import Path
 
-from hbt.errors import DataError
+import numpy as np
+
+from hbt.data.schema import ParallelItem
+from hbt.errors import ConfigError, DataError
 from hbt.eval.benchmark import RetrievalBenchmark
 
 XQUAD_R_LANGUAGES = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 MLQA_R_LANGUAGES = ("ar", "de", "en", "es", "hi", "vi", "zh")
 
 
-def load_lareqa(name: str, directory: str | Path, languages: list[str] | None = None) -> RetrievalBenchmark:
+ARTICLE_PARTS = ("all", "train", "heldout")
+
+
+def article_indices(n_articles: int, part: str, train_fraction: float = 0.5, split_seed: int = 0) -> list[int]:
+    """A fixed split of the articles: a seeded permutation, the first ``train_fraction`` for training.
+
+    Splitting by article keeps every question, its translations and all sentences of its paragraph on
+    one side, so nothing from a held-out article is seen in training.
+    """
+    if part not in ARTICLE_PARTS:
+        raise ConfigError("eval.articles", f"unknown part {part!r}; expected one of {', '.join(ARTICLE_PARTS)}")
+    if part == "all":
+        return list(range(n_articles))
+    order = np.random.default_rng(split_seed).permutation(n_articles)
+    cut = int(round(n_articles * train_fraction))
+    return sorted(int(i) for i in (order[:cut] if part == "train" else order[cut:]))
+
+
+def load_lareqa(
+    name: str,
+    directory: str | Path,
+    languages: list[str] | None = None,
+    articles: str = "all",
+    train_fraction: float = 0.5,
+    split_seed: int = 0,
+) -> RetrievalBenchmark:
+    """The benchmark over all articles, or over one side of the article split."""
+    parsed = _read_all(directory, languages)
+    queries, candidates, relevant = {}, {}, {}
+    for lang, arts in parsed.items():
+        keep = article_indices(len(arts), articles, train_fraction, split_seed)
+        queries[lang], candidates[lang], relevant[lang] = [], [], {}
+        for a in keep:
+            offset = len(candidates[lang])
+            candidates[lang].extend(arts[a]["sentences"])
+            queries[lang].extend(arts[a]["queries"])
+            relevant[lang].update({qid: [offset + s] for qid, s in arts[a]["answer_sentence"].items()})
+    suffix = "" if articles == "all" else f"-{articles}"
+    return RetrievalBenchmark(f"{name}{suffix}", queries, candidates, relevant)
+
+
+def lareqa_items(
+    directory: str | Path, languages: list[str] | None = None, articles: str = "train", train_fraction: float = 0.5, split_seed: int = 0
+) -> list[ParallelItem]:
+    """Training pairs from one side of the article split: each question with its answer sentence, in
+    every language (questions are parallel by id)."""
+    parsed = _read_all(directory, languages)
+    first = next(iter(parsed.values()))
+    items: dict[str, dict] = {}
+    for lang, arts in parsed.items():
+        for a in article_indices(len(first), articles, train_fraction, split_seed):
+            sentences = arts[a]["sentences"]
+            for qid, question in arts[a]["queries"]:
+                entry = items.setdefault(qid, {"questions": {}, "passages": {}})
+                entry["questions"][lang] = question
+                entry["passages"][lang] = sentences[arts[a]["answer_sentence"][qid]]
+    return [ParallelItem(qid, e["questions"], e["passages"]) for qid, e in items.items()]
+
+
+def _read_all(directory: str | Path, languages: list[str] | None) -> dict[str, list[dict]]:
     directory = Path(directory)
     if languages is None:
         languages = sorted(p.stem for p in directory.glob("*.json"))
         if not languages:
             raise DataError(str(directory), "no <lang>.json files (LAReQA format) found")
-    queries, candidates, relevant = {}, {}, {}
-    for lang in languages:
-        queries[lang], candidates[lang], relevant[lang] = _read_language(directory / f"{lang}.json")
-    return RetrievalBenchmark(name, queries, candidates, relevant)
+    parsed = {lang: _read_language(directory / f"{lang}.json") for lang in languages}
+    counts = {lang: len(arts) for lang, arts in parsed.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(str(directory), f"languages have different numbers of articles: {counts}")
+    return parsed
 
 
-def _read_language(path: Path):
+def _read_language(path: Path) -> list[dict]:
+    """Per article: its sentences, its questions and, per question, the index of its answer sentence."""
     if not path.is_file():
         raise DataError(str(path), "file not found")
     try:
@@ -40,10 +104,11 @@ def _read_language(path: Path):
         raise DataError(str(path), f"not UTF-8 text: {err.reason}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(str(path), "expected a SQuAD-style object with a 'data' list")
-    queries: list[tuple[str, str]] = []
-    sentences: list[str] = []
-    relevant: dict[str, list[int]] = {}
+    articles = []
     for a, article in enumerate(doc["data"]):
+        sentences: list[str] = []
+        queries: list[tuple[str, str]] = []
+        answer_sentence: dict[str, int] = {}
         for p, paragraph in enumerate(article.get("paragraphs", [])):
             where = f"{path} (data[{a}].paragraphs[{p}])"
             missing = [key for key in ("sentences", "sentence_breaks", "qas") if key not in paragraph]
@@ -59,7 +124,7 @@ def _read_language(path: Path):
                 if not qa.get("answers") or not qa.get("question", "").strip():
                     raise DataError(where, f"question {qa.get('id')!r} has no answer or an empty text")
                 answer_start = qa["answers"][0]["answer_start"]
-                sentence = max(bisect.bisect_right(starts, answer_start) - 1, 0)
                 queries.append((qa["id"], qa["question"]))
-                relevant[qa["id"]] = [first + sentence]
-    return queries, sentences, relevant
+                answer_sentence[qa["id"]] = first + max(bisect.bisect_right(starts, answer_start) - 1, 0)
+        articles.append({"sentences": sentences, "queries": queries, "answer_sentence": answer_sentence})
+    return articles

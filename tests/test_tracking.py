@@ -1,0 +1,47 @@
+"""W&B offline runs hold what the dashboards need; a failing multirun job does not stop the sweep."""
+import json
+
+from conftest import FAST, run_cli
+from wandb_offline import summarize
+
+from hbt.tasks import train
+from hbt.tracking import resolve_mode
+
+
+def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tmp_path):
+    cfg = make_cfg("train", [*FAST, "logger=wandb", "trainer.log_every_n_steps=1", "logger.wandb.group=sweep-a", "sampler.ratio=0.25"], tmp_path / "run")
+    train(cfg)
+    from hbt.tracking import finish_wandb
+
+    finish_wandb()
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    run = summarize(run_dir)
+    assert run["name"] == "tiny-ratio0.25" and run["group"] == "sweep-a"
+    assert json.loads(run["config"]["sampler"])["ratio"] == 0.25
+    for key in ("train/loss", "train/accuracy", "train/emb_std", "train/mono_share_step", "lr-AdamW/pg1", "test/toy/multi/rank_distance"):
+        assert key in run["history"], key
+    assert any(k.startswith("test/toy/cross/pairs/") for k in run["history"])  # the per-pair wandb.Table
+    assert any(k.startswith("test/toy/map_heatmap/") for k in run["history"])  # the heatmap image
+    assert {"results", "model"} <= {kind for kind, _ in run["artifacts"]}
+    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
+
+
+def test_mode_is_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+    assert resolve_mode("disabled") == "disabled"
+
+
+def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
+    proc = run_cli("train.py", "-m", "sampler.ratio=2,0.5", *FAST, "logger=wandb", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "config error: sampler.ratio: must lie in [0, 1], got 2" in proc.stderr
+    assert not (tmp_path / "0" / "results.json").exists()
+    assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
+    runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and summarize(runs[0])["name"] == "tiny-ratio0.5"

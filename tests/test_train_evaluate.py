@@ -72,8 +72,9 @@ def test_existing_results_are_never_overwritten(trained, make_cfg):
     assert (out / "results.json").read_bytes() == before
 
 
-def test_multirun_two_jobs(tmp_path):
-    proc = run_cli("train.py", "-m", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_multirun_two_jobs(tmp_path, launcher):
+    proc = run_cli("train.py", "-m", f"hydra/launcher={launcher}", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for job in ("0", "1"):
         results = json.loads((tmp_path / job / "results.json").read_text())

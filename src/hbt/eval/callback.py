@@ -38,7 +38,8 @@ class RetrievalEvalCallback(L.Callback):
             factories = self.benchmark_factories
             if factories is None:
                 factories = getattr(trainer.datamodule, "validation", {}) if trainer.datamodule is not None else {}
-            self._benchmarks = {name: make() for name, make in factories.items()}
+            # Factories (``_partial_`` configs) are built now; already-built benchmarks are used as they are.
+            self._benchmarks = {name: make() if callable(make) else make for name, make in factories.items()}
         return self._benchmarks
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

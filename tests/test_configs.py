@@ -1,0 +1,52 @@
+"""Every shipped config composes with the overrides a user would add, and every _target_ imports."""
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose_config
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+GROUPS = ["model", "trainer", "eval", "data", "logger"]
+
+
+def targets(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append(node["_target_"])
+        for value in node.values():
+            found += targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += targets(value)
+    return found
+
+
+def check(cfg) -> None:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    for target in targets(plain):
+        get_object(target)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_compose(experiment, tmp_path):
+    extra = ["data.train.directory=/data/mmarco"] if experiment != "xquad_r_me5_small" else []
+    check(compose_config("train", [f"experiment={experiment}", *extra], tmp_path))
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))])
+def test_group_options_compose(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option in ("jsonl", "hf", "translated", "mmarco"):
+        key = {"jsonl": "path", "hf": "name_or_path", "translated": "pattern", "mmarco": "directory"}[option]
+        overrides += [f"data.train.{key}='/x/{{lang}}.jsonl'"] + (["data.train.languages=[en,de]"] if option == "translated" else [])
+    check(compose_config("train", overrides, tmp_path))
+
+
+def test_user_forms_from_the_brief(tmp_path):
+    cfg = compose_config("train", ["model=mt5_xl", "sampler.ratio=0.3"], tmp_path)
+    assert cfg.model.name_or_path == "google/mt5-xl" and cfg.sampler.ratio == 0.3
+    assert cfg.optim.optimizer.lr == 3e-5  # pretrained models keep the paper's rate; only the tiny default differs
+    assert compose_config("train", [], tmp_path).optim.optimizer.lr == 2e-3

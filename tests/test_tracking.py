@@ -45,3 +45,24 @@ def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
     assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
     runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summarize(runs[0])["name"] == "tiny-ratio0.5"
+
+
+def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
+    import os
+
+    import nbformat
+    from conftest import ROOT
+    from nbclient import NotebookClient
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli("train.py", "-m", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notebook = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "stored with outputs"
+    os.environ["HBT_SWEEP_DIR"] = str(sweep)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["HBT_SWEEP_DIR"]
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the ratio plots and one heatmap per run

@@ -34,6 +34,7 @@ def load_run(run: Path) -> dict:
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row = {"run": str(run), "overrides": " ".join(o for o in overrides if not o.startswith("hydra."))}
+    row.update(run_settings(run))
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():
             for metric, value in block["macro"].items():
@@ -41,13 +42,28 @@ def load_run(run: Path) -> dict:
     return row
 
 
+def run_settings(run: Path) -> dict:
+    """The model choice and the ratio of a run, from the files Hydra and hbt write beside results.json."""
+    settings: dict = {}
+    hydra_file, config_file = run / ".hydra" / "hydra.yaml", run / "config.yaml"
+    if hydra_file.exists():
+        choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+        settings["model"] = choices.get("model")
+    if config_file.exists():
+        config = yaml.safe_load(config_file.read_text()) or {}
+        settings["ratio"] = (config.get("sampler") or {}).get("ratio")
+        settings["seed"] = config.get("seed")
+    return settings
+
+
 def collect(paths: list[str | Path]) -> list[dict]:
     return [load_run(run) for run in find_runs(paths)]
 
 
 def columns_of(rows: list[dict]) -> list[str]:
-    metrics = sorted({key for row in rows for key in row if key not in ("run", "overrides")})
-    return ["run", "overrides", *metrics]
+    fixed = ["run", "overrides", "model", "ratio", "seed"]
+    metrics = sorted({key for row in rows for key in row if key not in fixed})
+    return [*fixed, *metrics]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -105,10 +121,7 @@ def pair_matrix(by_setting: dict, metric: str = "map"):
 
 def plot_pair_heatmap(langs: list[str], matrix, title: str):
     """A heatmap figure of a pair matrix (rows: query language, columns: candidate language)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend forced: inline in notebooks, Agg on headless hosts
 
     size = max(4.0, 0.45 * len(langs) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))

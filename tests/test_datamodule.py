@@ -47,3 +47,29 @@ def test_hard_negatives_follow_the_passage_language():
             texts = tok.batch_decode(batch["negatives"]["input_ids"], skip_special_tokens=True)
             langs = [pair.split("-")[1] for pair in batch["pairs"]]
             assert all(text.startswith(f"passage: neg-{lang}-") for text, lang in zip(texts, langs))
+
+
+def test_every_epoch_gets_its_own_batches_through_lightning(tmp_path):
+    """Lightning sets the epoch on ``batch_sampler.sampler``: epochs must differ and be full length."""
+    import lightning as L
+
+    from hbt.loss import InfoNCELoss
+    from hbt.module import RetrieverModule
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.pairs = {}
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.pairs.setdefault(trainer.current_epoch, []).append(tuple(batch["pairs"]))
+
+    items = toy_items("train", ["en", "ru", "zh"])
+    dm = ParallelDataModule(train=lambda: items, sampler=partial(HybridBatchSampler, ratio=0.5, seed=3), batch_size=64)
+    encoder = Encoder(tiny=TINY)
+    dm.attach_tokenizer(encoder.text_tokenizer)
+    record = Record()
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
+                        limit_val_batches=0, callbacks=[record], default_root_dir=tmp_path, enable_model_summary=False)
+    trainer.fit(RetrieverModule(encoder, InfoNCELoss(), optimizer=torch.optim.AdamW), datamodule=dm)
+    assert [len(record.pairs[e]) for e in range(3)] == [len(items) // 64] * 3
+    assert record.pairs[0] != record.pairs[1] != record.pairs[2]

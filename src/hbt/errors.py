@@ -27,3 +27,11 @@ class OutputError(HbtError):
     def __init__(self, path: str, problem: str):
         self.path = path
         super().__init__(f"output error: {path}: {problem}")
+
+
+class TrainingDiverged(HbtError):
+    """The loss became NaN or infinite; training stops without touching existing checkpoints."""
+
+    def __init__(self, step: int, value: float):
+        self.step = step
+        super().__init__(f"training diverged: loss is {value} at step {step}; checkpoints saved before it are intact")

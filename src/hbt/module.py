@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
 
 import lightning as L
+import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from hbt.errors import TrainingDiverged
 from hbt.distributed import average_gradients, gather_with_grad, rank_and_world
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
@@ -64,6 +67,9 @@ class RetrieverModule(L.LightningModule):
             queries = self.encoder(batch["query"])
             negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
             loss, stats = self.contrastive_loss(queries, self.encoder(batch["passage"]), negatives)
+        if not torch.isfinite(loss):
+            # Stop before the optimizer applies it; checkpoints written so far are left as they are.
+            raise TrainingDiverged(self.trainer.global_step if self._trainer is not None else batch_idx, float(loss))
         self.log_step(batch, loss, stats, queries)
         return None if self.loss.chunk_size else loss
 
@@ -146,6 +152,22 @@ class RetrieverModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hbt_config"] = self.hbt_config
+        # Lightning restores model, optimizer, scheduler and loop state; the RNGs (dropout) are ours to keep.
+        checkpoint["hbt_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("hbt_rng")
+        if state:
+            torch.set_rng_state(state["torch"])
+            if state["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+            random.setstate(state["python"])
 
 
 def _split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -161,3 +183,14 @@ def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
+
+
+# Checkpoints load with ``weights_only=True``: keep the numpy RNG state to tensors and plain values.
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached

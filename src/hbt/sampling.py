@@ -77,6 +77,8 @@ class HybridBatchSampler:
         self.language_probs = self._language_probs(language_weights)
         self.epoch = 0
         self._start_step = 0
+        # Lightning calls ``set_epoch`` on ``batch_sampler.sampler``, not on the batch sampler itself.
+        self.sampler = _EpochForwarder(self)
         self._validate()
 
     # -- configuration checks: fail before training, one line each ------------------------------
@@ -185,6 +187,14 @@ class HybridBatchSampler:
             lang = langs[int(rng.integers(len(langs)))]
             return PairRef(item, lang, lang)
         return self._cross_pair(item, rng)
+
+
+class _EpochForwarder:
+    def __init__(self, batch_sampler: HybridBatchSampler):
+        self.batch_sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 class _Pool:

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hbt.checkpointing import INTERRUPTS, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
@@ -48,7 +49,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip})
     for logger in loggers:
         logger.log_hyperparams(module.hbt_config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
 
     metrics: dict = {}
     if trainer.is_global_zero:
@@ -158,6 +159,9 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         print(str(err), file=sys.stderr, flush=True)
         if multirun:
             return None
+        raise SystemExit(1) from None
+    except INTERRUPTS:
+        finish_wandb(exit_code=1)
         raise SystemExit(1) from None
     except Exception:
         finish_wandb(exit_code=1)

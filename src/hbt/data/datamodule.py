@@ -135,10 +135,21 @@ class ParallelDataModule(L.LightningDataModule):
             batch_sampler=self.batch_sampler,
             collate_fn=PairCollator(self.text_tokenizer),
             num_workers=self.num_workers,
+            # A private generator: creating the loader must not draw from the global RNG, or a resumed
+            # run's dropout masks would drift from the uninterrupted run's.
+            generator=torch.Generator().manual_seed(self.batch_sampler.seed),
         )
 
     def state_dict(self) -> dict:
-        return {"sampler": self.batch_sampler.state_dict()} if self.batch_sampler else {}
+        """The sampler's position as the number of batches *trained on* in this epoch (the loader may
+        have drawn more ahead of time), so a resumed run continues with the next unseen batch."""
+        if self.batch_sampler is None:
+            return {}
+        state = self.batch_sampler.state_dict()
+        if self.trainer is not None:
+            state["epoch"] = self.trainer.current_epoch
+            state["step"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
         if "sampler" in state:

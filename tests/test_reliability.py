@@ -1,0 +1,86 @@
+"""Exact resume, interrupts that leave a checkpoint, a NaN guard, deterministic results, safe outputs."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, last_line, run_cli
+
+from hbt.errors import ConfigError, TrainingDiverged
+from hbt.tasks import train
+
+# 338 training items at batch 16: 21 steps per epoch, so step 26 lies in the second epoch.
+RUN = ["logger=csv", "data.batch_size=16", "trainer.max_epochs=2", "trainer.max_steps=26", "callbacks.checkpoint.every_n_train_steps=5",
+       "callbacks.checkpoint.save_top_k=-1", "callbacks.retrieval_eval.at_epoch_end=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import compose_config
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(compose_config("train", RUN, out))
+    return out
+
+
+@pytest.mark.parametrize("step", [10, 25])  # mid first epoch; mid second epoch
+def test_resume_from_a_mid_epoch_checkpoint_gives_identical_results(uninterrupted, make_cfg, tmp_path, step):
+    checkpoint = uninterrupted / "checkpoints" / f"step{step}.ckpt"
+    assert checkpoint.is_file()
+    train(make_cfg("train", [*RUN, f"ckpt_path={checkpoint}"], tmp_path / "resumed"))
+    assert (tmp_path / "resumed" / "results.json").read_text() == (uninterrupted / "results.json").read_text()
+
+
+def test_same_seed_same_results(uninterrupted, make_cfg, tmp_path):
+    train(make_cfg("train", RUN, tmp_path / "again"))
+    assert (tmp_path / "again" / "results.json").read_text() == (uninterrupted / "results.json").read_text()
+
+
+def test_sigterm_leaves_a_checkpoint_and_ckpt_path_last_resumes(tmp_path):
+    cmd = [sys.executable, "train.py", "logger=csv", "trainer.max_epochs=50", "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "csv" / "metrics.csv").exists() and time.time() < deadline:  # first logged steps
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "interrupted at step" in stderr and "ckpt_path=last" in stderr
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "results.json").exists()
+    import torch
+
+    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert step > 0
+    resumed = run_cli("train.py", "logger=csv", f"trainer.max_steps={step + 2}", "callbacks.retrieval_eval.at_epoch_end=false", "ckpt_path=last", f"hydra.run.dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "results.json").is_file()
+
+
+def test_ckpt_path_last_without_a_checkpoint(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path: no checkpoint at .*last.ckpt; point hydra.run.dir"):
+        train(make_cfg("train", ["logger=csv", "ckpt_path=last"], tmp_path / "fresh"))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(make_cfg, tmp_path):
+    # An absurd learning rate makes the tiny model's loss overflow within a few steps.
+    overrides = ["logger=csv", "trainer.max_steps=60", "optim.optimizer.lr=1e30", "trainer.gradient_clip_val=null",
+                 "callbacks.checkpoint.every_n_train_steps=1", "callbacks.retrieval_eval.at_epoch_end=false"]
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d+") as err:
+        train(make_cfg("train", overrides, tmp_path / "nan"))
+    last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
+    if err.value.step > 0:
+        import torch
+
+        state = torch.load(last, weights_only=False)
+        assert state["global_step"] == err.value.step  # the last good step, not the diverged one
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
+    (tmp_path / "results.json").write_text('{"earlier": "results"}')
+    proc = run_cli("train.py", "logger=csv", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr) == f"output error: {tmp_path / 'results.json'}: already exists; choose a new hydra.run.dir"
+    assert json.loads((tmp_path / "results.json").read_text()) == {"earlier": "results"}

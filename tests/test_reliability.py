@@ -84,3 +84,17 @@ def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
     assert proc.returncode == 1
     assert last_line(proc.stderr) == f"output error: {tmp_path / 'results.json'}: already exists; choose a new hydra.run.dir"
     assert json.loads((tmp_path / "results.json").read_text()) == {"earlier": "results"}
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["loss.temperature=0"], "config error: loss.temperature: must be > 0, got 0"),
+        (["model=xlmr_base", "model.name_or_path=/nonexistent/model-dir"], "config error: model.name_or_path: cannot load '/nonexistent/model-dir'"),
+    ],
+)
+def test_errors_inside_instantiated_objects_are_one_line(tmp_path, args, line):
+    proc = run_cli("train.py", "logger=csv", *args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr).startswith(line)
+    assert "Traceback" not in proc.stderr

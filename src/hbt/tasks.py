@@ -146,6 +146,16 @@ def _prepare_output(cfg: DictConfig) -> Path:
     return out
 
 
+def _hbt_cause(err: BaseException | None) -> HbtError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HbtError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -> dict | None:
     """Run a task the way every entry point does: one-line errors, W&B always finished.
 
@@ -153,7 +163,13 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics, _ = task(cfg)
+        try:
+            metrics, _ = task(cfg)
+        except Exception as wrapped:  # hydra.utils.instantiate wraps errors raised by the objects it builds
+            cause = _hbt_cause(wrapped)
+            if cause is None or cause is wrapped:
+                raise
+            raise cause from None
     except HbtError as err:
         finish_wandb(exit_code=1)
         print(str(err), file=sys.stderr, flush=True)

@@ -68,3 +68,16 @@ def test_unknown_model_is_a_config_error(tmp_path):
         Encoder(name_or_path=str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="model.pooling"):
         Encoder(tiny=TINY, pooling="max")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        encoder = Encoder(tiny=TINY, gradient_checkpointing=checkpointing)
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        encoder(encoder.text_tokenizer(TEXTS, "query")).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])

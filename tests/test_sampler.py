@@ -130,3 +130,13 @@ def test_language_with_too_few_items_fails_before_training():
     items = [["en", "de"]] * 100 + [["en", "de", "sw"]] * 3
     with pytest.raises(ConfigError, match="'sw' has 3 items"):
         HybridBatchSampler(items, batch_size=8, ratio=0.5)
+
+
+def test_ratio_schedule_moves_the_share_of_mono_batches():
+    sampler = HybridBatchSampler(full_items(20_000), batch_size=4, ratio=0.5, ratio_schedule=[[0, 1.0], [1, 0.0]], seed=0)
+    batches = list(sampler)
+    first, last = batches[: len(batches) // 10], batches[-len(batches) // 10 :]
+    assert np.mean([is_mono(b) for b in first]) > 0.85
+    assert np.mean([is_mono(b) for b in last]) < 0.15
+    sampler.set_epoch(3)  # past the last point: held at 0
+    assert not any(is_mono(b) for b in itertools.islice(iter(sampler), 200))

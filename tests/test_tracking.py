@@ -45,6 +45,14 @@ def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
     assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
     runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summarize(runs[0])["name"] == "tiny-ratio0.5"
+    assert summarize(runs[0])["group"] == f"sweep-{tmp_path.name}"  # one W&B group per sweep
+    # The report command collects the sweep into one table.
+    from hbt.report import main as report
+
+    assert report([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert len(table) == 3 and "toy/multi/rank_distance" in table[0] and "| tiny | 0.5" in table[2]
+    assert (tmp_path / "report.csv").read_text().count("\n") == 2
 
 
 def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):

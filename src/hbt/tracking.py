@@ -37,6 +37,16 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_wandb_credentials() else "offline"
 
 
+def sweep_group() -> str | None:
+    """In a Hydra multirun, the sweep's directory name, so each sweep is one W&B group by default."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
+    return None
+
+
 def wandb_logger(
     project: str = "hbt",
     name: str | None = None,
@@ -51,6 +61,7 @@ def wandb_logger(
     from lightning.pytorch.loggers import WandbLogger
 
     resolved = resolve_mode(mode)
+    group = group or sweep_group()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
 
     def make(run_mode: str) -> WandbLogger:

@@ -103,3 +103,30 @@ def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, ch
         assert result["loss"] == pytest.approx(ref_loss, abs=1e-5)
         for name, grad in ref_grads.items():
             torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def _encode_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        from hbt.data.toy import toy_benchmark
+        from hbt.eval.retrieval import Evaluator
+
+        results = Evaluator(ks=(1, 10)).evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
+        torch.save(results, os.path.join(out_dir, f"eval{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_one_process(tmp_path):
+    from hbt.data.toy import toy_benchmark
+    from hbt.eval.retrieval import Evaluator
+
+    expected = Evaluator(ks=(1, 10)).evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
+    mp.spawn(_encode_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"eval{rank}.pt")
+        for setting in expected:
+            for metric, value in expected[setting]["macro"].items():
+                assert got[setting]["macro"][metric] == pytest.approx(value, abs=1e-6)

@@ -13,7 +13,7 @@ from hbt.tracking import log_pair_tables, wandb_runs
 class RetrievalEvalCallback(L.Callback):
     """Evaluates ``pl_module.encoder`` every ``every_n_steps`` optimizer steps and/or at epoch ends.
 
-    Benchmarks are built lazily (first use) and evaluated on global rank zero while the others wait;
+    Benchmarks are built lazily (first use) on every rank; encoding is sharded across ranks;
     without ``benchmarks`` it uses the datamodule's ``validation`` factories.
     """
 
@@ -51,8 +51,11 @@ class RetrievalEvalCallback(L.Callback):
             self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.benchmarks(trainer):
-            self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
+        """Every rank encodes its shard of each benchmark (see ``Evaluator``); rank zero logs."""
+        if not self.benchmarks(trainer):
+            return
+        self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
+        if trainer.is_global_zero:
             metrics = flatten_macro(self.last_results, self.prefix)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)

@@ -16,6 +16,7 @@ from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
 from hbt.eval.metrics import mean_metrics, query_metrics, relevant_ranks, trec_query_metrics
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
+from hbt.distributed import rank_and_world
 from hbt.models.encoder import Encoder
 
 SETTINGS = ("mono", "cross", "multi")
@@ -56,7 +57,7 @@ class Evaluator:
 
     def encode(self, encoder: Encoder, texts: list[str], kind: str, fingerprint: str = "") -> torch.Tensor:
         if self.cache_dir is None:
-            return encoder.encode(texts, kind, self.batch_size, self.progress)
+            return self._encode_sharded(encoder, texts, kind)
         digest = hashlib.blake2b(f"{fingerprint}|{kind}".encode(), digest_size=20)
         for text in texts:
             digest.update(text.encode())
@@ -64,12 +65,28 @@ class Evaluator:
         path = self.cache_dir / f"{digest.hexdigest()}.pt"
         if path.exists():
             return torch.load(path)
-        embeddings = encoder.encode(texts, kind, self.batch_size, self.progress)
+        embeddings = self._encode_sharded(encoder, texts, kind)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(embeddings, tmp)
         tmp.replace(path)
         return embeddings
+
+    def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str) -> torch.Tensor:
+        """Under torch.distributed every rank encodes every world-th text and the shards are gathered,
+        so N devices encode a benchmark N times faster; a single process encodes everything."""
+        rank, world = rank_and_world()
+        if world == 1:
+            return encoder.encode(texts, kind, self.batch_size, self.progress)
+        import torch.distributed as dist
+
+        local = encoder.encode(texts[rank::world], kind, self.batch_size, self.progress and rank == 0)
+        shards: list = [None] * world
+        dist.all_gather_object(shards, local)
+        out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0))
+        for r, shard in enumerate(shards):
+            out[r::world] = shard
+        return out
 
     def embed(self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         queries = {lang: self.encode(encoder, [t for _, t in qs], "query", fingerprint) for lang, qs in bench.queries.items()}

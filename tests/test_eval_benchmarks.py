@@ -69,3 +69,22 @@ def test_misaligned_parallel_files(tmp_path):
         load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["xx", "yy"])
     with pytest.raises(DataError, match="file not found"):
         load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["zz"])
+
+
+def test_sentence_splitter_and_mlqa_r_conversion(tmp_path):
+    from hbt.eval.mlqa_r import convert, split_sentences
+
+    text = "First one. Second?  Third!\u3000日本です。次の文"
+    spans = split_sentences(text)
+    assert [text[s:e] for s, e in spans] == ["First one.", "Second?", "Third!", "日本です。", "次の文"]
+    for lang, answer in (("en", "Paris"), ("de", "Paris")):
+        context = f"A sentence here. The capital is {answer} indeed. Last one."
+        doc = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+            {"id": "q1", "question": "Capital?", "answers": [{"text": answer, "answer_start": context.index(answer)}]},
+            {"id": f"only-{lang}", "question": "x?", "answers": [{"text": "A", "answer_start": 0}]}]}]}]}
+        (tmp_path / "test").mkdir(exist_ok=True)
+        (tmp_path / "test" / f"test-context-{lang}-question-{lang}.json").write_text(json.dumps(doc))
+    counts = convert(str(tmp_path), str(tmp_path / "out"), "test", ["en", "de"])
+    assert counts == {"en": (1, 3), "de": (1, 3)}  # only the question present in both languages
+    bench = load_lareqa("mlqa_r", tmp_path / "out", ["en", "de"])
+    assert bench.candidates["en"][bench.relevant["en"]["q1"][0]] == "The capital is Paris indeed."

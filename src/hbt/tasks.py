@@ -54,7 +54,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     metrics: dict = {}
     if trainer.is_global_zero:
         export_encoder(encoder, out / "model")
-        results = run_evaluation(cfg, encoder)
+    # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
+    results = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
+    if trainer.is_global_zero:
         metrics = flatten_macro(results, "test")
         for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -88,13 +90,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"encoder": encoder}
 
 
-def run_evaluation(cfg: DictConfig, encoder: Encoder) -> dict:
+def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> dict:
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
     benchmarks: dict[str, RetrievalBenchmark] = {name: instantiate(spec, _convert_="all") for name, spec in (cfg.get("eval") or {}).items()}
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())
     results = evaluator.run(encoder, benchmarks)
-    print(results_table(results), flush=True)
+    if verbose:
+        print(results_table(results), flush=True)
     return results
 
 

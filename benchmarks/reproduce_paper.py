@@ -4,9 +4,10 @@ multilingual-e5-small (built offline from ../shared/tools) is fine-tuned on the 
 XQuAD-R's articles and evaluated on the held-out half in the mono, cross and multi settings:
 zero-shot, then ratio 0 (X-Y), 0.25, 0.5 (hybrid), 0.75 and 1 (X-X), with the same steps, batch size,
 learning rate and seed; the three main ratios again with more seeds. Resumable: a run whose
-results.json exists is not run again. Writes docs/paper_reproduction.md and docs/ratio_curve.png.
+results.json exists is not run again. Writes the table to docs/paper_reproduction_table.md and the
+ratio curve to docs/ratio_curve.png (docs/paper_reproduction.md discusses them).
 
-    python benchmarks/reproduce_paper.py                  # ~1 hour on 2 CPU cores
+    python benchmarks/reproduce_paper.py                  # about an hour on an idle 2-core machine
 """
 from __future__ import annotations
 

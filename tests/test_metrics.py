@@ -5,29 +5,124 @@ import pytest
 import torch
 
 from hbt.eval.benchmark import RetrievalBenchmark
-from hbt.eval.metrics import average_precision, rank_distance, recall_at, relevant_ranks
+from hbt.eval.metrics import pool_ranks, ranking_metrics
 from hbt.eval.retrieval import Evaluator
 
 
+def _ranks(scores, relevant, pool_of=None):
+    width = max(len(r) for r in relevant)
+    cols = torch.tensor([r + [0] * (width - len(r)) for r in relevant])
+    valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in relevant])
+    within, whole = pool_ranks(torch.as_tensor(scores, dtype=torch.float32), cols, valid, pool_of)
+    return within, whole, valid
+
+
+def _metrics(ranks, ks=(1, 10), rank_distance=False):
+    ranks = [list(r) for r in ranks]
+    width = max(len(r) for r in ranks)
+    padded = torch.tensor([r + [0] * (width - len(r)) for r in ranks])
+    valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in ranks])
+    return ranking_metrics(padded, valid, ks, rank_distance)
+
+
 def test_ranks_follow_scores_and_break_ties_by_position():
-    scores = torch.tensor([[0.1, 0.9, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
-    ranks = relevant_ranks(scores, [[2, 3], [3]])
-    assert ranks[0].tolist() == [2, 3]  # 0.9 first, then the tied 0.5s in position order
-    assert ranks[1].tolist() == [4]  # all tied: position decides
+    within, whole, _ = _ranks([[0.1, 0.9, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]], [[2, 3], [3]])
+    assert whole[0].tolist() == [2, 3]  # 0.9 first, then the tied 0.5s in position order
+    assert whole[1, 0] == 4  # all tied: position decides
+    assert torch.equal(within, whole)  # one pool
+
+
+def test_ranks_within_each_pool_and_across_pools():
+    # Two pools of three columns: [0.9, 0.2, 0.5 | 0.7, 0.5, 0.1]; relevant: column 2 (pool 0) and 4 (pool 1).
+    within, whole, _ = _ranks([[0.9, 0.2, 0.5, 0.7, 0.5, 0.1]], [[2, 4]], torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert within[0].tolist() == [2, 2]  # 0.5 is second in each pool
+    assert whole[0].tolist() == [3, 4]  # 0.9, 0.7 ahead of both; the tie at 0.5 goes to the earlier column
 
 
 def test_average_precision_known_values():
-    assert average_precision(torch.tensor([1])) == 1.0
-    assert average_precision(torch.tensor([2])) == 0.5
-    # relevant at ranks 1 and 3: (1/1 + 2/3) / 2
-    assert math.isclose(average_precision(torch.tensor([3, 1])), (1 + 2 / 3) / 2)
+    assert _metrics([[1]])["map"] == 1.0
+    assert _metrics([[2]])["map"] == 0.5
+    # relevant at ranks 1 and 3: (1/1 + 2/3) / 2, whatever order the ranks come in
+    assert math.isclose(_metrics([[3, 1]])["map"], (1 + 2 / 3) / 2)
+    # queries with different numbers of relevant candidates are averaged per query
+    assert math.isclose(_metrics([[1], [3, 1]])["map"], (1 + (1 + 2 / 3) / 2) / 2)
 
 
 def test_recall_and_rank_distance():
-    ranks = torch.tensor([1, 4, 12])
-    assert recall_at(ranks, 1) == pytest.approx(1 / 3)
-    assert recall_at(ranks, 10) == pytest.approx(2 / 3)
-    assert rank_distance(ranks) == 11
+    metrics = _metrics([[1, 4, 12]], ks=(1, 10), rank_distance=True)
+    assert metrics["recall@1"] == pytest.approx(1 / 3)
+    assert metrics["recall@10"] == pytest.approx(2 / 3)
+    assert metrics["rank_distance"] == 11
+    # queries without a relevant candidate are left out of every average
+    empty = ranking_metrics(torch.tensor([[5], [0]]), torch.tensor([[True], [False]]), (10,), True)
+    assert empty == {"map": 0.2, "recall@10": 1.0, "rank_distance": 0.0}
+
+
+def _reference_score(bench, queries, pools, ks):
+    """Straightforward per-pair scoring: a stable descending sort of each pool, metrics per query in Python."""
+    def rank_of(scores, columns):
+        order = torch.sort(-scores, stable=True).indices.tolist()
+        return sorted(order.index(c) + 1 for c in columns)
+
+    def metrics(rank_lists, with_distance):
+        rows = []
+        for ranks in rank_lists:
+            row = {"map": sum((i + 1) / r for i, r in enumerate(ranks)) / len(ranks)}
+            row.update({f"recall@{k}": sum(r <= k for r in ranks) / len(ranks) for k in ks})
+            if with_distance:
+                row["rank_distance"] = max(ranks) - min(ranks)
+            rows.append(row)
+        return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+    langs = bench.languages
+    out = {"mono": {}, "cross": {}, "multi": {}}
+    for x in langs:
+        for y in langs:
+            scores = queries[x] @ pools[y].T
+            lists = [rank_of(scores[i], bench.relevant[y][qid]) for i, (qid, _) in enumerate(bench.queries[x]) if bench.relevant[y].get(qid)]
+            if lists:
+                out["mono" if x == y else "cross"][f"{x}-{y}"] = metrics(lists, False)
+        pool = torch.cat([pools[y] for y in langs])
+        offsets = dict(zip(langs, [sum(len(pools[z]) for z in langs[:i]) for i in range(len(langs))]))
+        scores = queries[x] @ pool.T
+        lists = []
+        for i, (qid, _) in enumerate(bench.queries[x]):
+            columns = [offsets[y] + c for y in langs for c in bench.relevant[y].get(qid, [])]
+            if columns:
+                lists.append(rank_of(scores[i], columns))
+        out["multi"][x] = metrics(lists, True)
+    return out
+
+
+def test_evaluator_agrees_with_straightforward_scoring_on_tied_random_data():
+    # Small-integer embeddings: exact dot products and many ties; uneven pools, queries with 0, 1 or 2
+    # relevant candidates per language, and a language whose queries are a subset.
+    gen = torch.Generator().manual_seed(0)
+    langs, sizes = ["a", "b", "c"], {"a": 9, "b": 14, "c": 6}
+    qids = [f"q{i}" for i in range(12)]
+    relevant = {}
+    for lang in langs:
+        relevant[lang] = {}
+        for qid in qids:
+            n = int(torch.randint(0, 3, (1,), generator=gen))
+            if n:
+                relevant[lang][qid] = sorted(torch.randperm(sizes[lang], generator=gen)[:n].tolist())
+    bench = RetrievalBenchmark(
+        name="tied",
+        queries={"a": [(q, "") for q in qids], "b": [(q, "") for q in qids], "c": [(q, "") for q in qids[:7]]},
+        candidates={lang: [""] * sizes[lang] for lang in langs},
+        relevant=relevant,
+    )
+    queries = {lang: torch.randint(0, 3, (len(bench.queries[lang]), 4), generator=gen).float() for lang in langs}
+    pools = {lang: torch.randint(0, 3, (sizes[lang], 4), generator=gen).float() for lang in langs}
+    expected = _reference_score(bench, queries, pools, ks=(1, 3))
+    for block in (1 << 24, 7):  # one block, and a few rows at a time
+        got = Evaluator(ks=(1, 3), score_block=block).score(bench, queries, pools)
+        for setting in ("mono", "cross", "multi"):
+            assert set(got[setting]["pairs"]) == set(expected[setting])
+            for key, metrics in expected[setting].items():
+                for name, value in metrics.items():
+                    assert got[setting]["pairs"][key][name] == pytest.approx(value, abs=1e-12), (setting, key, name)
 
 
 def _one_hot_benchmark() -> RetrievalBenchmark:

@@ -6,7 +6,7 @@ import pytest
 import pytrec_eval
 import torch
 
-from hbt.eval.metrics import average_precision, ndcg_at, recall_at, relevant_ranks
+from hbt.eval.metrics import ndcg_at, pool_ranks, ranking_metrics
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import load_trec
@@ -39,11 +39,19 @@ def case():
 def test_ap_and_recall_from_ranks(case):
     scores, grades, reference = case
     relevant = [[p for p, g in row.items() if g > 0] for row in grades]
-    for i, ranks in enumerate(relevant_ranks(scores, relevant)):
+    width = max(len(r) for r in relevant)
+    cols = torch.tensor([r + [0] * (width - len(r)) for r in relevant])
+    valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in relevant])
+    _, ranks = pool_ranks(scores, cols, valid)
+    for i in range(N_QUERIES):
         ref = reference[f"q{i}"]
-        assert average_precision(ranks) == pytest.approx(ref["map"], abs=1e-6)
-        assert recall_at(ranks, 1) == pytest.approx(ref["recall_1"], abs=1e-6)
-        assert recall_at(ranks, 10) == pytest.approx(ref["recall_10"], abs=1e-6)
+        ours = ranking_metrics(ranks[i : i + 1], valid[i : i + 1], (1, 10), False)
+        assert ours["map"] == pytest.approx(ref["map"], abs=1e-6)
+        assert ours["recall@1"] == pytest.approx(ref["recall_1"], abs=1e-6)
+        assert ours["recall@10"] == pytest.approx(ref["recall_10"], abs=1e-6)
+    # and averaged over queries at once
+    together = ranking_metrics(ranks, valid, (1, 10), False)
+    assert together["map"] == pytest.approx(np.mean([r["map"] for r in reference.values()]), abs=1e-6)
 
 
 def test_graded_ndcg(case):

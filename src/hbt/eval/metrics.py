@@ -2,60 +2,79 @@
 
 Everything here follows from one quantity: the 1-based rank of each relevant candidate in a query's
 full ranking (no cut-off). Ties are broken by candidate position, earlier first, as a stable sort of
-descending scores would.
+descending scores would. Ranks are held as a padded ``[queries, R]`` tensor with a ``valid`` mask
+(queries may have different numbers of relevant candidates) so that metrics are computed for all
+queries at once.
 """
 from __future__ import annotations
 
 import torch
 
+_TIES_PER_CHUNK = 1 << 20
 
-def relevant_ranks(scores: torch.Tensor, relevant: list[list[int]], block: int = 2048) -> list[torch.Tensor]:
-    """Sorted 1-based ranks of each query's relevant candidates.
 
-    ``scores`` is [queries, candidates]; ``relevant[i]`` lists candidate positions relevant to query i.
-    Counts candidates that score higher (or equal and come earlier) instead of sorting whole rows.
+def pool_ranks(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, pool_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based ranks of each row's relevant columns, within their own pool and within the whole row.
+
+    ``scores`` is [queries, candidates]: the candidate axis may concatenate several pools (languages),
+    ``pool_of`` giving each column's pool (contiguous, in column order); ``cols``/``valid`` are
+    [queries, R]: the columns of each query's relevant candidates, padded where ``valid`` is False.
+
+    One pass over ``scores``: each score is bucketed by how many of its row's R relevant scores it
+    exceeds and the buckets are counted per pool, which gives every "strictly ahead" count at once;
+    the few scores exactly equal to a relevant one are then compared by position.
     """
-    query_idx = torch.tensor([i for i, rel in enumerate(relevant) for _ in rel], dtype=torch.long)
-    cand_idx = torch.tensor([c for rel in relevant for c in rel], dtype=torch.long)
-    positions = torch.arange(scores.shape[1], device=scores.device)
-    ranks = torch.empty(len(query_idx), dtype=torch.long)
-    for start in range(0, len(query_idx), block):
-        q = query_idx[start : start + block].to(scores.device)
-        c = cand_idx[start : start + block].to(scores.device)
-        rows = scores[q]
-        own = rows.gather(1, c[:, None])
-        ahead = (rows > own) | ((rows == own) & (positions[None, :] < c[:, None]))
-        ranks[start : start + block] = ahead.sum(1).cpu() + 1
-    out, start = [], 0
-    for rel in relevant:
-        out.append(ranks[start : start + len(rel)].sort().values)
-        start += len(rel)
-    return out
+    rows, width = cols.shape
+    if pool_of is None:
+        pool_of = torch.zeros(scores.shape[1], dtype=torch.long, device=scores.device)
+    own = scores.gather(1, cols)
+    threshold, order = own.masked_fill(~valid, float("inf")).sort(1)
+    bucket = torch.searchsorted(threshold, scores)  # how many of the row's relevant scores lie below each score
+    pools = int(pool_of[-1]) + 1 if len(pool_of) else 1
+    edges = torch.searchsorted(pool_of, torch.arange(pools + 1, device=scores.device)).tolist()
+    row_base = torch.arange(rows, device=scores.device)[:, None] * (width + 1)
+    counts = torch.stack(
+        [torch.bincount((bucket[:, a:b] + row_base).view(-1), minlength=rows * (width + 1)).view(rows, width + 1) for a, b in zip(edges, edges[1:])],
+        dim=1,
+    )
+    above = counts.flip(2).cumsum(2).flip(2)[:, :, 1:]  # [:, p, k]: scores in pool p above the k-th lowest relevant
+    place = torch.empty_like(order).scatter_(1, order, torch.arange(width, device=scores.device).expand(rows, -1))
+    above = above.gather(2, place[:, None, :].expand(-1, pools, -1))
+    own_pool = pool_of[cols]
+    within = above.gather(1, own_pool[:, None, :]).squeeze(1)
+    whole = above.sum(1)
+    padded = torch.cat([threshold, threshold.new_full((rows, 1), float("inf"))], dim=1)
+    tied = padded.gather(1, bucket) == scores  # equal to a relevant score: order decided by position below
+    tie_rows, tie_cols = tied.nonzero(as_tuple=True)
+    for start in range(0, len(tie_rows), max(1, _TIES_PER_CHUNK // max(1, width))):
+        r = tie_rows[start : start + max(1, _TIES_PER_CHUNK // max(1, width))]
+        c = tie_cols[start : start + len(r)]
+        earlier = (scores[r, c][:, None] == own[r]) & (c[:, None] < cols[r]) & valid[r]
+        whole.index_add_(0, r, earlier.long())
+        within.index_add_(0, r, (earlier & (pool_of[c][:, None] == own_pool[r])).long())
+    return within + 1, whole + 1
 
 
-def average_precision(ranks: torch.Tensor) -> float:
-    """AP over the full ranking: mean over relevant items of precision at their rank."""
+def ranking_metrics(ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool) -> dict[str, float]:
+    """Per-query AP (full ranking), recall@k and, optionally, rank distance, averaged over the queries
+    that have at least one relevant candidate. Returns ``{}`` when none has."""
+    count = valid.sum(1)
+    keep = count > 0
+    ranks, valid, count = ranks[keep], valid[keep], count[keep].double()
     if len(ranks) == 0:
-        return 0.0
-    ranks = ranks.sort().values.double()
-    return float((torch.arange(1, len(ranks) + 1, dtype=torch.float64) / ranks).mean())
-
-
-def recall_at(ranks: torch.Tensor, k: int) -> float:
-    """Share of the relevant candidates ranked in the top ``k``."""
-    return float((ranks <= k).double().mean()) if len(ranks) else 0.0
-
-
-def rank_distance(ranks: torch.Tensor) -> float:
-    """Language bias of one query: max - min rank of its parallel relevant candidates in the multi pool."""
-    return float(ranks.max() - ranks.min()) if len(ranks) else 0.0
-
-
-def query_metrics(ranks: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool) -> dict[str, float]:
-    metrics = {"map": average_precision(ranks)}
-    metrics.update({f"recall@{k}": recall_at(ranks, k) for k in ks})
+        return {}
+    big = torch.iinfo(torch.long).max
+    ordered = ranks.masked_fill(~valid, big).sort(1).values
+    place = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=ranks.device)
+    real = place[None, :] <= count[:, None]
+    precision = torch.where(real, place[None, :] / ordered.double(), torch.zeros((), dtype=torch.float64))
+    metrics = {"map": float((precision.sum(1) / count).mean())}
+    for k in ks:
+        metrics[f"recall@{k}"] = float((((ranks <= k) & valid).sum(1) / count).mean())
     if with_rank_distance:
-        metrics["rank_distance"] = rank_distance(ranks)
+        top = ranks.masked_fill(~valid, 0).amax(1)
+        bottom = ranks.masked_fill(~valid, big).amin(1)
+        metrics["rank_distance"] = float((top - bottom).double().mean())
     return metrics
 
 

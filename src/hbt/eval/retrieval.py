@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
-from hbt.eval.metrics import mean_metrics, query_metrics, relevant_ranks, trec_query_metrics
+from hbt.eval.metrics import mean_metrics, pool_ranks, ranking_metrics, trec_query_metrics
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
 from hbt.distributed import rank_and_world
@@ -38,6 +38,7 @@ class Evaluator:
         progress: bool = False,
         searcher: FaissSearcher | None = None,
         cache_dir: str | None = None,
+        score_block: int = 1 << 24,
     ):
         from hbt.errors import ConfigError
 
@@ -50,6 +51,7 @@ class Evaluator:
         self.progress = progress
         self.searcher = searcher or FaissSearcher()
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.score_block = score_block  # query x candidate scores held at once while ranking
 
     def run(self, encoder: Encoder, benchmarks: dict) -> dict:
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
@@ -133,40 +135,57 @@ class Evaluator:
         return {"mono": {"macro": macro, "pairs": pairs, "corpus": bench.corpus}}
 
     def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor]) -> dict:
-        """Metrics from precomputed embeddings (unit vectors: inner product = cosine)."""
+        """Metrics from precomputed embeddings (unit vectors: inner product = cosine).
+
+        Each query language is scored once against the concatenation of the pools it needs (all of
+        them for cross or multi): ranks within a language's pool give the mono and cross pairs, ranks
+        in the whole row the multi setting, so no pool is scored twice.
+        """
         langs = bench.languages
-        results: dict[str, dict] = {}
-        for setting in [s for s in self.settings if bench.settings is None or s in bench.settings]:
-            pairs: dict[str, dict[str, float]] = {}
-            for x in langs:
-                if setting == "multi":
-                    pool = torch.cat([pools[y] for y in langs])
-                    offsets = dict(zip(langs, torch.tensor([0] + [len(pools[y]) for y in langs]).cumsum(0).tolist()))
-                    rel_of = lambda qid: [offsets[y] + c for y in langs for c in bench.relevant[y].get(qid, [])]  # noqa: E731
-                    pairs[x] = self._pair(queries[x], bench.queries[x], pool, rel_of, with_rank_distance=True)
-                    continue
-                for y in langs:
-                    if (setting == "mono") != (x == y):
-                        continue
-                    rel_of = lambda qid, y=y: bench.relevant[y].get(qid, [])  # noqa: E731
-                    pairs[f"{x}-{y}"] = self._pair(queries[x], bench.queries[x], pools[y], rel_of, with_rank_distance=False)
-            pairs = {key: value for key, value in pairs.items() if value}
-            macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
-            results[setting] = {"macro": macro, "pairs": pairs}
+        active = [s for s in self.settings if bench.settings is None or s in bench.settings]
+        pairs: dict[str, dict[str, dict]] = {s: {} for s in active}
+        for x in langs:
+            targets = langs if ("cross" in active or "multi" in active) else [x]
+            within, whole, valid, lang_of = self._ranks(bench, x, queries[x], [pools[y] for y in targets], targets)
+            for j, y in enumerate(targets):
+                setting = "mono" if y == x else "cross"
+                if setting in pairs:
+                    pairs[setting][f"{x}-{y}"] = self._metrics(within, valid & (lang_of == j), with_rank_distance=False)
+            if "multi" in pairs:
+                pairs["multi"][x] = self._metrics(whole, valid, with_rank_distance=True)
+        results = {}
+        for setting in active:
+            kept = {key: value for key, value in pairs[setting].items() if value}
+            macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in kept.values()])
+            results[setting] = {"macro": macro, "pairs": kept}
         return results
 
-    def _pair(self, q_emb, query_list, pool, rel_of, with_rank_distance: bool) -> dict[str, float]:
-        rows, relevant = [], []
-        for i, (qid, _) in enumerate(query_list):
-            rel = rel_of(qid)
-            if rel:
-                rows.append(i)
-                relevant.append(rel)
-        if not rows:
-            return {}
-        scores = q_emb[torch.tensor(rows)] @ pool.T
-        per_query = [query_metrics(r, self.ks, with_rank_distance) for r in relevant_ranks(scores, relevant)]
-        return {**mean_metrics(per_query), "num_queries": len(rows)}
+    def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str]):
+        """Ranks of every relevant candidate of x's queries within its own pool and in all ``targets``' pools together."""
+        sizes = [len(p) for p in pools]
+        offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+        relevant = [[(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, [])] for qid, _ in bench.queries[x]]
+        width = max((len(r) for r in relevant), default=0)
+        flat = [(i, slot, j, c) for i, rel in enumerate(relevant) for slot, (j, c) in enumerate(rel)]
+        cols = torch.zeros((len(relevant), width), dtype=torch.long)
+        lang_of = torch.full((len(relevant), width), -1, dtype=torch.long)
+        if flat:
+            i, slot, j, c = torch.tensor(flat).T
+            lang_of[i, slot], cols[i, slot] = j, c
+        valid = lang_of >= 0
+        within, whole = torch.ones_like(cols), torch.ones_like(cols)
+        pool = torch.cat(pools) if len(pools) > 1 else pools[0]
+        if width and len(pool):
+            pool_of = torch.repeat_interleave(torch.arange(len(pools)), torch.tensor(sizes))
+            step = max(1, self.score_block // len(pool))
+            for start in range(0, len(relevant), step):
+                rows = slice(start, start + step)
+                within[rows], whole[rows] = pool_ranks(q_emb[rows] @ pool.T, cols[rows], valid[rows], pool_of)
+        return within, whole, valid, lang_of
+
+    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool) -> dict[str, float]:
+        metrics = ranking_metrics(ranks, valid, self.ks, with_rank_distance)
+        return {**metrics, "num_queries": int(valid.any(1).sum())} if metrics else {}
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:

@@ -18,7 +18,7 @@ def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tm
     run = summarize(run_dir)
     assert run["name"] == "tiny-ratio0.25" and run["group"] == "sweep-a"
     assert json.loads(run["config"]["sampler"])["ratio"] == 0.25
-    for key in ("train/loss", "train/accuracy", "train/emb_std", "train/mono_share_step", "lr-AdamW/pg1", "test/toy/multi/rank_distance"):
+    for key in ("train/loss", "train/accuracy", "train/emb_std", "train/mono_share", "train/epoch_mono_pair_share", "lr-AdamW/pg1", "test/toy/multi/rank_distance"):
         assert key in run["history"], key
     assert any(k.startswith("test/toy/cross/pairs/") for k in run["history"])  # the per-pair wandb.Table
     assert any(k.startswith("test/toy/map_heatmap/") for k in run["history"])  # the heatmap image
@@ -74,3 +74,45 @@ def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
         del os.environ["HBT_SWEEP_DIR"]
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the ratio plots and one heatmap per run
+
+
+
+def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):
+    """Statistics are logged only on logging steps; each written row holds that step's own values."""
+    import csv
+    from functools import partial
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    from hbt.data.datamodule import ParallelDataModule
+    from hbt.data.toy import toy_items
+    from hbt.loss import InfoNCELoss
+    from hbt.models.encoder import Encoder
+    from hbt.module import RetrieverModule
+    from hbt.sampling import HybridBatchSampler
+
+    class StepMarkedLoss(InfoNCELoss):
+        trainer = None
+
+        def forward(self, *args):
+            loss, stats = super().forward(*args)
+            return loss, {**stats, "marker": torch.tensor(float(self.trainer.global_step))}
+
+    items = toy_items("train", ["en", "ru", "zh"])
+    dm = ParallelDataModule(train=lambda: items, sampler=partial(HybridBatchSampler, ratio=0.5, seed=3), batch_size=16)
+    encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
+    dm.attach_tokenizer(encoder.text_tokenizer)
+    loss = StepMarkedLoss()
+    trainer = L.Trainer(max_steps=7, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="", version=""), enable_checkpointing=False,
+                        enable_progress_bar=False, use_distributed_sampler=False, limit_val_batches=0, enable_model_summary=False)
+    loss.trainer = trainer
+    trainer.fit(RetrieverModule(encoder, loss, optimizer=torch.optim.AdamW), datamodule=dm)
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert [int(row["step"]) for row in rows] == [2, 5]  # every third step
+    for row in rows:
+        assert float(row["train/marker"]) == int(row["step"])
+        for key in ("train/accuracy", "train/pos_sim", "train/neg_sim", "train/emb_std", "train/mono_share"):
+            assert row[key] != "", key

@@ -74,12 +74,24 @@ class RetrieverModule(L.LightningModule):
         return None if self.loss.chunk_size else loss
 
     def log_step(self, batch: dict, loss: torch.Tensor, stats: dict, queries: torch.Tensor) -> None:
+        """The loss every step (progress bar); the other statistics only on the steps the loggers write,
+        since Lightning's ``self.log`` costs about half a millisecond a call and would otherwise be
+        paid on every step for values that are never written."""
         batch_size = len(queries)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.pairs_seen.update(batch["pairs"])
+        if not self._writes_logs():
+            return
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=batch_size)
         self.log("train/emb_std", queries.detach().std(0).mean(), batch_size=batch_size)
-        self.log("train/mono_share", batch["monolingual"].float().mean(), on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.pairs_seen.update(batch["pairs"])
+        self.log("train/mono_share", batch["monolingual"].float().mean(), batch_size=batch_size, sync_dist=True)
+
+    def _writes_logs(self) -> bool:
+        """Whether the loggers write this step's on-step metrics (Lightning's ``log_every_n_steps`` rule)."""
+        if self._trainer is None:
+            return True
+        every = self.trainer.log_every_n_steps
+        return bool(every) and ((self.trainer.global_step + 1) % every == 0 or self.trainer.should_stop)
 
     # -- GradCache (Gao et al. 2021): large batches at the memory of one chunk ------------------------
     def grad_cache_backward(self, batch: dict):

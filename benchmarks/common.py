@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HBT_SHARED", ROOT.parent / "shared"))
 TOY_LANGUAGES = ["en", "de", "es", "fr", "ru", "ar", "zh", "hi", "el"]
 TINY = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512, "max_positions": 256}
+# Next to no compute per step: what is left of a step's time is the framework's fixed cost.
+MICRO = {"hidden_size": 16, "num_layers": 1, "num_heads": 1, "intermediate_size": 16, "max_positions": 256}
 
 
 def me5_small_dir() -> Path:
@@ -27,8 +29,8 @@ def make_encoder(model: str, max_length: int):
     from hbt.models.encoder import Encoder
 
     lengths = {"max_query_length": max_length, "max_passage_length": max_length}
-    if model == "tiny":
-        return Encoder(tiny=TINY, **lengths)
+    if model in ("tiny", "micro"):
+        return Encoder(tiny=TINY if model == "tiny" else MICRO, **lengths)
     path = me5_small_dir() if model == "me5_small" else Path(model)
     return Encoder(name_or_path=str(path), **lengths)
 

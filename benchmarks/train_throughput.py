@@ -7,6 +7,10 @@ other in this process. The first `--warmup` steps of each are not timed.
 
     python benchmarks/train_throughput.py --model tiny --batch-size 32 --steps 60
     python benchmarks/train_throughput.py --model me5_small --batch-size 16 --max-length 64 --steps 12
+    python benchmarks/train_throughput.py --model micro --batch-size 8 --max-length 16 --steps 300 --skip-st
+
+``--model micro`` (one layer, 16 wide) leaves next to no compute in a step, so the difference in step time
+between hbt and the plain loop is the framework's fixed per-step cost (printed in ms).
 """
 from __future__ import annotations
 
@@ -136,7 +140,7 @@ def sentence_transformers(args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny, me5_small, or a local HF directory")
+    parser.add_argument("--model", default="tiny", help="tiny, micro, me5_small, or a local HF directory")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
@@ -161,6 +165,9 @@ def main() -> None:
     for name, value in results.items():
         print(f"{name:<24}{value:>10.2f}{value / base:>10.3f}")
     print(f"hbt framework overhead vs plain loop: {100 * (1 - results['hbt (Lightning)'] / base):+.1f}%")
+    step_ms = {name: 1000 * args.batch_size / value for name, value in results.items()}
+    print(f"step time: plain {step_ms['plain PyTorch loop']:.2f} ms, hbt {step_ms['hbt (Lightning)']:.2f} ms "
+          f"(hbt's extra per step: {step_ms['hbt (Lightning)'] - step_ms['plain PyTorch loop']:+.2f} ms)")
     if "sentence-transformers" in results:
         print(f"hbt / sentence-transformers: {results['hbt (Lightning)'] / results['sentence-transformers']:.3f}")
 

@@ -28,6 +28,24 @@ def test_xquad_r_matches_lareqa_counts_and_is_parallel():
     assert qa["answers"][0]["text"] in bench.candidates["en"][pos]
 
 
+def test_sentence_splitter_reproduces_lareqa_segmentation_of_xquad_r():
+    """MLQA-R is split by our splitter; on XQuAD-R, LAReQA's own segmentation is known, so compare."""
+    from hbt.eval.mlqa_r import split_sentences
+
+    for lang in ("ar", "de", "en", "es", "hi", "vi", "zh"):  # MLQA's languages
+        doc = json.loads((shared_data("xquad-r") / f"{lang}.json").read_text())
+        ours = same = paragraphs = 0
+        for article in doc["data"]:
+            for p in article["paragraphs"]:
+                text = p["context"]
+                spans = split_sentences(text, lang)
+                ours += len(spans)
+                same += [text[s:e].strip() for s, e in spans] == [text[s:e].strip() for s, e in p["sentence_breaks"]]
+                paragraphs += 1
+        assert abs(ours / XQUAD_R_CANDIDATES[lang] - 1) < 0.03, (lang, ours)
+        assert same / paragraphs > 0.7, (lang, same)
+
+
 def test_tatoeba_both_directions_against_english():
     bench = load_tatoeba(str(shared_data("tatoeba")), ["afr", "jpn"])
     torch.manual_seed(0)
@@ -77,6 +95,20 @@ def test_sentence_splitter_and_mlqa_r_conversion(tmp_path):
     text = "First one. Second?  Third!\u3000日本です。次の文"
     spans = split_sentences(text)
     assert [text[s:e] for s, e in spans] == ["First one.", "Second?", "Third!", "日本です。", "次の文"]
+
+    def sentences(text, lang):
+        return [text[s:e] for s, e in split_sentences(text, lang)]
+
+    # closing quotes and brackets stay with their sentence
+    assert sentences('He said "yes." Then (he left.) Done', "en") == ['He said "yes."', "Then (he left.)", "Done"]
+    # initials, dotted and known abbreviations, and a lowercase continuation do not end an English sentence
+    assert sentences("John C. Smith met Dr. Watson in the U.S. capital. It was approx. noon. Next", "en") == [
+        "John C. Smith met Dr. Watson in the U.S. capital.", "It was approx. noon.", "Next"]
+    # German ordinals and abbreviations
+    assert sentences("Am 7. Mai zahlte er 30 Mio. Euro, d.h. viel. Im Jahr 1795. Ende", "de") == [
+        "Am 7. Mai zahlte er 30 Mio. Euro, d.h. viel.", "Im Jahr 1795.", "Ende"]
+    # languages without those rules split at every period followed by a capital
+    assert sentences("Maria C. Lopez llegó. Fin", "es") == ["Maria C.", "Lopez llegó.", "Fin"]
     for lang, answer in (("en", "Paris"), ("de", "Paris")):
         context = f"A sentence here. The capital is {answer} indeed. Last one."
         doc = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [

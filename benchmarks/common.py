@@ -31,8 +31,9 @@ def make_encoder(model: str, max_length: int):
     lengths = {"max_query_length": max_length, "max_passage_length": max_length}
     if model in ("tiny", "micro"):
         return Encoder(tiny=TINY if model == "tiny" else MICRO, **lengths)
-    path = me5_small_dir() if model == "me5_small" else Path(model)
-    return Encoder(name_or_path=str(path), **lengths)
+    if model == "me5_small":  # mE5 was trained with these prefixes (conf/model/me5_small.yaml)
+        return Encoder(name_or_path=str(me5_small_dir()), query_prefix="query: ", passage_prefix="passage: ", **lengths)
+    return Encoder(name_or_path=str(Path(model)), **lengths)
 
 
 def make_datamodule(encoder, batch_size: int, ratio: float = 0.5, cache_tokens: bool = True, items=None):

@@ -59,3 +59,28 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+SHARED_TOOLS = Path(os.environ.get("HBT_SHARED_TOOLS", ROOT.parent / "shared" / "tools"))
+
+
+@pytest.fixture(scope="session")
+def me5_dir() -> Path:
+    """The real multilingual-e5-small as a local HF directory, built offline once (``.cache/``, or
+    ``HBT_ME5_DIR``) from ``../shared/tools/offline_me5_small.py``."""
+    target = Path(os.environ.get("HBT_ME5_DIR", ROOT / ".cache" / "me5-small"))
+    if not (target / "config.json").exists():
+        tool = SHARED_TOOLS / "offline_me5_small.py"
+        if not tool.is_file():
+            pytest.skip(f"{tool} not present")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(tool), str(target)], check=True, capture_output=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def family_dirs(me5_dir, tmp_path_factory) -> dict[str, Path]:
+    """A small random-init model of each real architecture (hbt.models.families), with mE5's tokenizer."""
+    from hbt.models.families import build_all
+
+    return build_all(tmp_path_factory.mktemp("families"), me5_dir)

@@ -67,7 +67,7 @@ def test_unknown_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.name_or_path: cannot load"):
         Encoder(name_or_path=str(tmp_path / "no-such-model"))
     with pytest.raises(ConfigError, match="model.pooling"):
-        Encoder(tiny=TINY, pooling="max")
+        Encoder(tiny=TINY, pooling="weighted")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

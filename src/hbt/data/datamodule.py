@@ -57,20 +57,22 @@ class PairCollator:
     def __init__(self, text_tokenizer: TextTokenizer):
         self.text_tokenizer = text_tokenizer
 
-    def inputs(self, values: list, kind: str) -> dict[str, torch.Tensor]:
+    def inputs(self, values: list, kind: str, langs: list[str]) -> dict[str, torch.Tensor]:
         if values and isinstance(values[0], str):
-            return self.text_tokenizer(values, kind)
+            return self.text_tokenizer(values, kind, langs)
         return self.text_tokenizer.pad(values)
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = {
-            "query": self.inputs([e["query"] for e in examples], "query"),
-            "passage": self.inputs([e["passage"] for e in examples], "passage"),
+            "query": self.inputs([e["query"] for e in examples], "query", [e["query_lang"] for e in examples]),
+            "passage": self.inputs([e["passage"] for e in examples], "passage", [e["passage_lang"] for e in examples]),
             "monolingual": torch.tensor([e["query_lang"] == e["passage_lang"] for e in examples]),
             "pairs": [f"{e['query_lang']}-{e['passage_lang']}" for e in examples],
         }
         if "negatives" in examples[0]:
-            batch["negatives"] = self.inputs([n for e in examples for n in e["negatives"]], "passage")
+            batch["negatives"] = self.inputs(
+                [n for e in examples for n in e["negatives"]], "passage", [e["passage_lang"] for e in examples for _ in e["negatives"]]
+            )
         return batch
 
 
@@ -129,6 +131,7 @@ class ParallelDataModule(L.LightningDataModule):
         if self.text_tokenizer is None:
             raise RuntimeError("attach_tokenizer() must be called before training")
         self.setup()
+        self.text_tokenizer.check_languages(self.store.languages)
         store = self.store.tokenized(self.text_tokenizer) if self.cache_tokens else self.store
         return DataLoader(
             PairDataset(store, self.num_hard_negatives),

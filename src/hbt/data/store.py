@@ -91,13 +91,13 @@ class ItemStore:
                 for column, kind in ((f"q.{lang}", "query"), (f"p.{lang}", "passage")):
                     texts = batch[column]
                     present = [i for i, t in enumerate(texts) if t is not None]
-                    ids = text_tokenizer.encode([texts[i] for i in present], kind)
+                    ids = text_tokenizer.encode([texts[i] for i in present], kind, lang)
                     column_ids: list = [None] * len(texts)
                     for i, row in zip(present, ids):
                         column_ids[i] = row
                     out[column] = column_ids
                 negatives = batch[f"n.{lang}"]
-                flat = text_tokenizer.encode([t for texts in negatives for t in texts or []], "passage")
+                flat = text_tokenizer.encode([t for texts in negatives for t in texts or []], "passage", lang)
                 out[f"n.{lang}"], start = [], 0
                 for texts in negatives:
                     out[f"n.{lang}"].append(flat[start : start + len(texts or [])])

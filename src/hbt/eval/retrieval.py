@@ -8,6 +8,7 @@ Per-pair metrics are averaged over queries; the macro view averages over pairs.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
@@ -17,9 +18,11 @@ from hbt.eval.metrics import mean_metrics, pool_ranks, ranking_metrics, trec_que
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
 from hbt.distributed import rank_and_world
+from hbt.errors import DataError
 from hbt.models.encoder import Encoder
 
 SETTINGS = ("mono", "cross", "multi")
+log = logging.getLogger(__name__)
 
 
 class Evaluator:
@@ -54,35 +57,38 @@ class Evaluator:
         self.score_block = score_block  # query x candidate scores held at once while ranking
 
     def run(self, encoder: Encoder, benchmarks: dict) -> dict:
+        for bench in benchmarks.values():
+            encoder.text_tokenizer.check_languages(benchmark_languages(bench))
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         return {name: self.evaluate(encoder, bench, fingerprint) for name, bench in benchmarks.items()}
 
-    def encode(self, encoder: Encoder, texts: list[str], kind: str, fingerprint: str = "") -> torch.Tensor:
+    def encode(self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "") -> torch.Tensor:
+        """Embeddings of texts of one language (language-coded tokenizers tag them with it)."""
         if self.cache_dir is None:
-            return self._encode_sharded(encoder, texts, kind)
-        digest = hashlib.blake2b(f"{fingerprint}|{kind}".encode(), digest_size=20)
+            return self._encode_sharded(encoder, texts, kind, lang)
+        digest = hashlib.blake2b(f"{fingerprint}|{kind}|{lang}".encode(), digest_size=20)
         for text in texts:
             digest.update(text.encode())
             digest.update(b"\0")
         path = self.cache_dir / f"{digest.hexdigest()}.pt"
         if path.exists():
             return torch.load(path)
-        embeddings = self._encode_sharded(encoder, texts, kind)
+        embeddings = self._encode_sharded(encoder, texts, kind, lang)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(embeddings, tmp)
         tmp.replace(path)
         return embeddings
 
-    def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str) -> torch.Tensor:
+    def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str, lang: str) -> torch.Tensor:
         """Under torch.distributed every rank encodes every world-th text and the shards are gathered,
         so N devices encode a benchmark N times faster; a single process encodes everything."""
         rank, world = rank_and_world()
         if world == 1:
-            return encoder.encode(texts, kind, self.batch_size, self.progress)
+            return encoder.encode(texts, kind, lang, self.batch_size, self.progress)
         import torch.distributed as dist
 
-        local = encoder.encode(texts[rank::world], kind, self.batch_size, self.progress and rank == 0)
+        local = encoder.encode(texts[rank::world], kind, lang, self.batch_size, self.progress and rank == 0)
         shards: list = [None] * world
         dist.all_gather_object(shards, local)
         out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0))
@@ -91,8 +97,12 @@ class Evaluator:
         return out
 
     def embed(self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        queries = {lang: self.encode(encoder, [t for _, t in qs], "query", fingerprint) for lang, qs in bench.queries.items()}
-        pools = {lang: self.encode(encoder, cs, "passage", fingerprint) for lang, cs in bench.candidates.items()}
+        queries = {lang: self.encode(encoder, [t for _, t in qs], "query", lang, fingerprint) for lang, qs in bench.queries.items()}
+        pools = {}
+        for lang, texts in bench.candidates.items():
+            same = bench.candidate_kind == "query" and lang in queries and texts == [t for _, t in bench.queries[lang]]
+            # Symmetric parallel text: the candidates are the queries, encoded the same way: reuse them.
+            pools[lang] = queries[lang] if same else self.encode(encoder, texts, bench.candidate_kind, lang, fingerprint)
         return queries, pools
 
     def evaluate(self, encoder: Encoder, bench, fingerprint: str = "") -> dict:
@@ -103,36 +113,47 @@ class Evaluator:
         return self.score(bench, *self.embed(encoder, bench, fingerprint))
 
     def evaluate_group(self, encoder: Encoder, group: BenchmarkGroup, fingerprint: str = "") -> dict:
-        """Each part on its own; pair tables merged into one dataset and macro-averaged over all pairs."""
+        """Each part on its own; pair tables merged into one dataset and macro-averaged over all pairs.
+        With a pivot (Tatoeba's English), the cross pairs become two settings, one per direction."""
         merged: dict[str, dict] = {}
+        if group.pivot:
+            merged = {"xx_en": {"pairs": {}}, "en_xx": {"pairs": {}}}
         for part_name, part in group.parts.items():
             for setting, block in self.evaluate(encoder, part, fingerprint).items():
-                pairs = merged.setdefault(setting, {"pairs": {}})["pairs"]
                 for key, metrics in block["pairs"].items():
+                    target = setting
+                    if setting == "cross" and group.pivot:
+                        target = "en_xx" if key.startswith(f"{group.pivot}-") else "xx_en"
                     if setting == "multi" and key in group.labels.get(part_name, {}):
                         key = f"{key}({part_name})"  # the English queries of each Tatoeba pair
-                    pairs[key] = metrics
+                    merged.setdefault(target, {"pairs": {}})["pairs"][key] = metrics
         for block in merged.values():
             block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
-        return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items()}
+        return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items() if block["pairs"]}
 
     def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "") -> dict:
         """Monolingual top-k search per language; queries without a positive judgement are skipped."""
-        pairs = {}
+        pairs, skipped = {}, {}
         depth = max(bench.ks.values())
         for lang, data in bench.languages.items():
             queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
             if not queries or not data.doc_ids:
+                reason = "no query with a positive judgement" if not queries else "an empty corpus"
+                skipped[f"{lang}-{lang}"] = reason
+                log.warning("%s: %s left out: %s", bench.name, lang, reason)
                 continue
-            q = self.encode(encoder, [t for _, t in queries], "query", fingerprint)
-            d = self.encode(encoder, data.doc_texts, "passage", fingerprint)
+            q = self.encode(encoder, [t for _, t in queries], "query", lang, fingerprint)
+            d = self.encode(encoder, data.doc_texts, "passage", lang, fingerprint)
             _, ids = self.searcher.search(q.numpy(), d.numpy(), depth)
             per_query = [
                 trec_query_metrics([data.doc_ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, ids)
             ]
             pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
+        if not pairs:
+            raise DataError(bench.name, f"no language could be evaluated ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
         macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
-        return {"mono": {"macro": macro, "pairs": pairs, "corpus": bench.corpus}}
+        block = {"macro": macro, "pairs": pairs, "corpus": bench.corpus}
+        return {"mono": {**block, "skipped": skipped} if skipped else block}
 
     def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor]) -> dict:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine).
@@ -156,15 +177,26 @@ class Evaluator:
         results = {}
         for setting in active:
             kept = {key: value for key, value in pairs[setting].items() if value}
+            # A pair with no query that has a relevant candidate there (MLQA-R: languages that share no
+            # question) is left out, and says so; a setting left with no pair at all is an error.
+            skipped = {key: "no query has a relevant candidate in this pool" for key, value in pairs[setting].items() if not value}
+            if not kept:
+                raise DataError(bench.name, f"{setting}: no language pair has a query with a relevant candidate")
+            for key in skipped:
+                log.warning("%s %s: pair %s left out (no query has a relevant candidate there)", bench.name, setting, key)
             macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in kept.values()])
-            results[setting] = {"macro": macro, "pairs": kept}
+            results[setting] = {"macro": macro, "pairs": kept, **({"skipped": skipped} if skipped else {})}
         return results
 
     def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str]):
         """Ranks of every relevant candidate of x's queries within its own pool and in all ``targets``' pools together."""
         sizes = [len(p) for p in pools]
         offsets = [sum(sizes[:j]) for j in range(len(sizes))]
-        relevant = [[(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, [])] for qid, _ in bench.queries[x]]
+        own = targets.index(x) if x in targets else -1
+        relevant = [
+            [(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, []) if not (bench.queries_are_candidates and j == own)]
+            for qid, _ in bench.queries[x]
+        ]
         width = max((len(r) for r in relevant), default=0)
         flat = [(i, slot, j, c) for i, rel in enumerate(relevant) for slot, (j, c) in enumerate(rel)]
         cols = torch.zeros((len(relevant), width), dtype=torch.long)
@@ -178,9 +210,14 @@ class Evaluator:
         if width and len(pool):
             pool_of = torch.repeat_interleave(torch.arange(len(pools)), torch.tensor(sizes))
             step = max(1, self.score_block // len(pool))
+            # Parallel text: query i of x is candidate i of x's pool; it is no candidate of its own ranking.
+            self_cols = torch.arange(len(relevant)) + offsets[own] if bench.queries_are_candidates and own >= 0 else None
             for start in range(0, len(relevant), step):
                 rows = slice(start, start + step)
-                within[rows], whole[rows] = pool_ranks(q_emb[rows] @ pool.T, cols[rows], valid[rows], pool_of)
+                scores = q_emb[rows] @ pool.T
+                if self_cols is not None:
+                    scores[torch.arange(scores.shape[0]), self_cols[rows]] = float("-inf")
+                within[rows], whole[rows] = pool_ranks(scores, cols[rows], valid[rows], pool_of)
         return within, whole, valid, lang_of
 
     def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool) -> dict[str, float]:
@@ -188,13 +225,18 @@ class Evaluator:
         return {**metrics, "num_queries": int(valid.any(1).sum())} if metrics else {}
 
 
+def benchmark_languages(bench) -> set[str]:
+    """Every language whose texts a benchmark encodes (its parts', for a group)."""
+    if isinstance(bench, BenchmarkGroup):
+        return set().union(*(benchmark_languages(part) for part in bench.parts.values()))
+    if isinstance(bench, TrecBenchmark):
+        return set(bench.languages)
+    return set(bench.queries) | set(bench.candidates)
+
+
 def encoder_fingerprint(encoder: Encoder) -> str:
     """A digest of the weights and input settings: cached embeddings are reused only for the same model."""
-    tt = encoder.text_tokenizer
-    digest = hashlib.blake2b(
-        repr((encoder.pooling, tt.query_prefix, tt.passage_prefix, tt.max_query_length, tt.max_passage_length, len(tt.tokenizer))).encode(),
-        digest_size=20,
-    )
+    digest = hashlib.blake2b(repr((sorted(encoder.settings().items()), len(encoder.tokenizer))).encode(), digest_size=20)
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())

@@ -1,12 +1,19 @@
 """One encoder for queries and passages (shared weights), pooled and L2-normalized.
 
 Works for BERT-style encoders (mBERT, XLM-R, LaBSE, multilingual-E5), the encoder half of seq2seq
-models (mT5 via ``MT5EncoderModel``, mBART-50 via ``get_encoder()``), and a tiny random-init BERT with a
-byte-level tokenizer that needs no download (the offline default).
+models (mT5 via ``MT5EncoderModel``, mBART-50 via ``get_encoder()``), sentence-transformers directories
+(their Pooling, Dense and Normalize modules and prompts are honoured), and a tiny random-init BERT with
+a byte-level tokenizer that needs no download (the offline default).
+
+Each model is used the way it was trained: prefixes only where configured (mE5's ``query: `` /
+``passage: ``), mBART-50's tokenizer gets each text's own language code, and a backbone's pooler that
+the embedding does not use is set aside (kept for export, but not a parameter), so DDP never sees
+parameters without gradients.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,32 +23,54 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel, ByT5Tokenizer, PreTrainedTokenizerBase
 
 from hbt.errors import ConfigError
+from hbt.models.languages import LanguageCodes, tokenizer_language_codes
+from hbt.models.st_modules import POOLINGS, DenseHead, read_spec, write_json, write_modules
 
-POOLINGS = ("mean", "cls")
 EXPORT_FILE = "hbt_encoder.json"
+Languages = str | Sequence[str] | None
 
 
 @dataclass
 class TextTokenizer:
-    """Turns raw texts into model inputs: prefix, truncate, pad. Picklable, for DataLoader workers."""
+    """Turns raw texts into model inputs: prefix, language code, truncate, pad. Picklable, for
+    DataLoader workers. ``languages`` is set for tokenizers that tag each text with its language."""
 
     tokenizer: PreTrainedTokenizerBase
     query_prefix: str
     passage_prefix: str
     max_query_length: int
     max_passage_length: int
+    languages: LanguageCodes | None = None
 
-    def __call__(self, texts: list[str], kind: str) -> dict[str, torch.Tensor]:
-        return self.pad(self.encode(texts, kind))
+    def __call__(self, texts: list[str], kind: str, lang: Languages = None) -> dict[str, torch.Tensor]:
+        return self.pad(self.encode(texts, kind, lang))
 
-    def encode(self, texts: list[str], kind: str) -> list[list[int]]:
-        """Token ids of prefixed, truncated texts, unpadded (what the token cache stores)."""
+    def encode(self, texts: list[str], kind: str, lang: Languages = None) -> list[list[int]]:
+        """Token ids of prefixed, truncated texts, unpadded (what the token cache stores). ``lang`` is one
+        language for all texts or one per text; only language-coded tokenizers need it."""
         prefix, max_length = (
             (self.query_prefix, self.max_query_length) if kind == "query" else (self.passage_prefix, self.max_passage_length)
         )
         if not texts:
             return []
-        return self.tokenizer([prefix + text for text in texts], truncation=True, max_length=max_length)["input_ids"]
+        if self.languages is None:
+            return self._tokenize([prefix + text for text in texts], max_length)
+        per_text = [lang] * len(texts) if lang is None or isinstance(lang, str) else list(lang)
+        out: list[list[int]] = [[] for _ in texts]
+        for code in sorted({self.languages(one) for one in per_text}):
+            rows = [i for i, one in enumerate(per_text) if self.languages(one) == code]
+            self.tokenizer.src_lang = code  # the tokenizer's own way to add the code (prefix for mBART-50)
+            for i, ids in zip(rows, self._tokenize([prefix + texts[i] for i in rows], max_length)):
+                out[i] = ids
+        return out
+
+    def _tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def check_languages(self, languages) -> None:
+        """A language the tokenizer has no code for stops here, before any work, with the key to set."""
+        if self.languages is not None:
+            self.languages.check(languages)
 
     def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         lengths = [len(row) for row in ids]
@@ -69,72 +98,183 @@ def build_tiny(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, 
     return BertModel(config, add_pooling_layer=False), tokenizer
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
-    """The encoder network of a hub name or local directory; seq2seq models contribute their encoder."""
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        if config.model_type in ("t5", "mt5", "umt5"):
-            from transformers import MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
+def _load_error(name_or_path: str, err: Exception) -> ConfigError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError("model.name_or_path", f"cannot load {name_or_path!r}: {first}")
 
-            cls = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}[config.model_type]
-            return cls.from_pretrained(name_or_path)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+def _encoder_class(config):
+    """The class whose weights are the encoder: T5-family encoders directly, else AutoModel."""
+    if config.model_type in ("t5", "mt5", "umt5"):
+        from transformers import MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
+
+        return {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}[config.model_type]
+    return None
+
+
+def _encoder_half(model: nn.Module) -> nn.Module:
+    return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+
+
+def load_backbone(name_or_path: str, trust_remote_code: bool = False, subfolder: str = "") -> tuple[nn.Module, nn.Module | None]:
+    """The encoder network of a hub name or local directory, and the whole seq2seq model it belongs to
+    (None for encoders): mBART-style models have no encoder-only class, so the export writes the whole
+    model (with the trained encoder inside) to stay loadable by its own architecture."""
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+        cls = _encoder_class(config)
+        if cls is not None:  # a full T5 checkpoint: its decoder weights are skipped on purpose, so no load report
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                return cls.from_pretrained(name_or_path, **kwargs), None
+            finally:
+                hf_logging.set_verbosity(level)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("model.name_or_path", f"cannot load {name_or_path!r}: {first}") from None
-    if getattr(model.config, "is_encoder_decoder", False):
-        model = model.get_encoder()
-    return model
+        raise _load_error(name_or_path, err) from None
+    encoder = _encoder_half(model)
+    return encoder, (model if encoder is not model else None)
+
+
+def count_parameters(name_or_path: str, trust_remote_code: bool = False) -> int:
+    """Parameters of the encoder a directory or hub name describes, from its config alone: the
+    network is built on the meta device, so nothing is allocated or downloaded beyond config.json."""
+    spec = read_spec(str(name_or_path))
+    kwargs = {"subfolder": spec.transformer_path} if spec and spec.transformer_path else {}
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(str(name_or_path), err) from None
+    with torch.device("meta"):
+        cls = _encoder_class(config)
+        model = cls(config) if cls is not None else AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in _encoder_half(model).parameters())
+
+
+def enable_gradient_checkpointing(backbone: nn.Module) -> None:
+    """Non-reentrant activation checkpointing (what DDP, FSDP and GradCache's replay need); the method's
+    name changed in transformers 5."""
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class Encoder(nn.Module):
+    """``pooling``, ``query_prefix`` and ``passage_prefix`` left null take the sentence-transformers
+    directory's own settings where there is one, else mean pooling and no prefix.
+
+    Poolings: ``mean`` (average of the token states under the attention mask), ``cls`` (the first
+    token's state), ``max`` (element-wise maximum over tokens), ``lasttoken`` (the last non-padding
+    token's state). Any Dense heads of a sentence-transformers directory follow the pooling; the
+    result is always L2-normalized. ``language_codes`` maps hbt language names to a language-coded
+    tokenizer's codes where the automatic match (ISO prefix) is missing or wrong, e.g. ``{el: ...}``.
+    """
+
     def __init__(
         self,
         name_or_path: str | None = None,
-        pooling: str = "mean",
-        query_prefix: str = "query: ",
-        passage_prefix: str = "passage: ",
+        pooling: str | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
         max_query_length: int = 64,
         max_passage_length: int = 128,
+        language_codes: Mapping[str, str] | None = None,
         tiny: dict | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError("model.pooling", f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        if pooling is not None and pooling not in POOLINGS:
+            raise ConfigError("model.pooling", f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)} (or null: the model directory's own)")
+        spec = None
         if name_or_path is None:
             if tiny is None:
                 raise ConfigError("model.name_or_path", "give a hub name or local directory (or model.tiny for the offline default)")
             self.backbone, tokenizer = build_tiny(**tiny)
+            whole = None
         else:
-            self.backbone = load_backbone(str(name_or_path), trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+            name_or_path = str(name_or_path)
+            spec = read_spec(name_or_path)
+            subfolder = spec.transformer_path if spec else ""
+            self.backbone, whole = load_backbone(name_or_path, trust_remote_code, subfolder)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **({"subfolder": subfolder} if subfolder else {}))
+            except (OSError, ValueError) as err:
+                raise _load_error(name_or_path, err) from None
+        prompts = spec.prompts if spec else {}
+        self.pooling = pooling or (spec.pooling if spec else None) or "mean"
+        self.heads = nn.ModuleList(DenseHead(dense) for dense in (spec.dense if spec else []))
+        # Not submodules: the unused pooler and a seq2seq model's decoder stay out of the parameters (and
+        # of DDP's and the optimizer's view); they are kept only to write a complete export.
+        self._set_aside = self._set_aside_pooler()
+        self._whole = [whole] if whole is not None else []
         if gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.pooling = pooling
-        self.text_tokenizer = TextTokenizer(tokenizer, query_prefix, passage_prefix, max_query_length, max_passage_length)
+            enable_gradient_checkpointing(self.backbone)
+        codes = tokenizer_language_codes(tokenizer)
+        if codes is None and language_codes:
+            raise ConfigError("model.language_codes", "this tokenizer does not tag texts with a language; leave model.language_codes empty")
+        self.language_overrides = dict(language_codes or {})
+        self.text_tokenizer = TextTokenizer(
+            tokenizer,
+            query_prefix if query_prefix is not None else prompts.get("query", ""),
+            passage_prefix if passage_prefix is not None else prompts.get("passage", ""),
+            max_query_length,
+            max_passage_length,
+            LanguageCodes(codes, self.language_overrides) if codes is not None else None,
+        )
         self.train()  # from_pretrained leaves the backbone in eval mode, which would silently drop dropout
+
+    def _set_aside_pooler(self) -> list[nn.Module]:
+        """BERT-family models load with a pooler (CLS -> Dense -> tanh) that hbt's pooling does not use;
+        left in place it would get no gradient, which DDP rejects. It is removed from the network and
+        put back only while exporting, so the exported weights are the loaded ones."""
+        pooler = getattr(self.backbone, "pooler", None)
+        if not isinstance(pooler, nn.Module):
+            return []
+        self.backbone.pooler = None
+        return [pooler]
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.text_tokenizer.tokenizer
 
+    @property
+    def dim(self) -> int:
+        if len(self.heads):
+            return self.heads[-1].spec.out_features
+        config = self.backbone.config
+        return config.hidden_size if hasattr(config, "hidden_size") else config.d_model
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-length embeddings of tokenized inputs, so inner product = cosine similarity."""
         mask = inputs["attention_mask"]
         hidden = self.backbone(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
-        return F.normalize(self.pool(hidden, mask), dim=-1)
+        pooled = self.pool(hidden, mask)
+        for head in self.heads:
+            pooled = head(pooled)
+        return F.normalize(pooled, dim=-1)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
+        if self.pooling == "lasttoken":  # right padding: the last attended position of each row
+            last = (mask.sum(1) - 1).clamp(min=0)
+            return hidden[torch.arange(len(hidden), device=hidden.device), last]
+        if self.pooling == "max":
+            return hidden.masked_fill(mask.unsqueeze(-1) == 0, -1e9).max(1).values
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], kind: str, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-        """Embeddings of raw texts, in input order; batches are length-sorted to waste little padding."""
+    def encode(self, texts: list[str], kind: str, lang: Languages = None, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """Embeddings of raw texts, in input order; batches are length-sorted to waste little padding.
+        ``lang`` (one for all, or one per text) is needed by language-coded tokenizers (mBART-50)."""
+        per_text = None if lang is None or isinstance(lang, str) else list(lang)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         device = next(self.parameters()).device
         was_training = self.training
@@ -146,7 +286,8 @@ class Encoder(nn.Module):
 
             starts = tqdm(starts, desc=f"encode {kind}", leave=False)
         for start in starts:
-            batch = self.text_tokenizer([texts[i] for i in order[start : start + batch_size]], kind)
+            rows = order[start : start + batch_size]
+            batch = self.text_tokenizer([texts[i] for i in rows], kind, lang if per_text is None else [per_text[i] for i in rows])
             chunks.append(self({k: v.to(device) for k, v in batch.items()}).float().cpu())
         self.train(was_training)
         out = torch.empty((len(texts), chunks[0].shape[1]) if chunks else (0, 0))
@@ -155,50 +296,38 @@ class Encoder(nn.Module):
         return out
 
     # -- export -------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """A Hugging Face directory that sentence-transformers also loads (same pooling and prefixes)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+    def settings(self) -> dict:
         tt = self.text_tokenizer
-        settings = {
+        return {
             "pooling": self.pooling,
             "query_prefix": tt.query_prefix,
             "passage_prefix": tt.passage_prefix,
             "max_query_length": tt.max_query_length,
             "max_passage_length": tt.max_passage_length,
+            "language_codes": self.language_overrides,
         }
-        _write_json(directory / EXPORT_FILE, settings)
-        _write_json(
-            directory / "modules.json",
-            [
-                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-            ],
-        )
-        _write_json(directory / "sentence_bert_config.json", {"max_seq_length": tt.max_passage_length, "do_lower_case": False})
-        _write_json(
-            directory / "config_sentence_transformers.json",
-            {"prompts": {"query": tt.query_prefix, "passage": tt.passage_prefix}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
-        )
-        dim = self.backbone.config.hidden_size if hasattr(self.backbone.config, "hidden_size") else self.backbone.config.d_model
-        _write_json(
-            directory / "1_Pooling" / "config.json",
-            {"word_embedding_dimension": dim, "pooling_mode_cls_token": self.pooling == "cls", "pooling_mode_mean_tokens": self.pooling == "mean"},
-        )
-        (directory / "2_Normalize").mkdir(exist_ok=True)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """A Hugging Face directory that sentence-transformers also loads (same pooling, Dense heads,
+        normalization and prefixes as hbt's embedding)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for pooler in self._set_aside:
+            self.backbone.pooler = pooler
+        try:
+            # A seq2seq model is written whole: its encoder is this (trained) backbone, the same module.
+            (self._whole[0] if self._whole else self.backbone).save_pretrained(directory)
+        finally:
+            if self._set_aside:
+                self.backbone.pooler = None
+        self.tokenizer.save_pretrained(directory)
+        tt = self.text_tokenizer
+        write_json(directory / EXPORT_FILE, self.settings())
+        backbone_dim = self.backbone.config.hidden_size if hasattr(self.backbone.config, "hidden_size") else self.backbone.config.d_model
+        write_modules(directory, backbone_dim, self.pooling, list(self.heads), tt.query_prefix, tt.passage_prefix, tt.max_passage_length)
 
     @classmethod
     def from_exported(cls, directory: str | Path) -> "Encoder":
         """Reload a directory written by :meth:`save_pretrained`."""
         settings = json.loads((Path(directory) / EXPORT_FILE).read_text())
         return cls(name_or_path=str(directory), **settings)
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    tmp.replace(path)

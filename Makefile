@@ -1,9 +1,11 @@
 # Two entry points for a fresh machine: `make train` and `make test`.
 # torch is installed first so pip takes the local CPU build instead of a multi-GB CUDA wheel;
-# on a GPU host, set TORCH_SPEC (e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124").
+# on a GPU host, set TORCH_SPEC (e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124") and FAISS=gpu.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# faiss-cpu here; FAISS=gpu installs faiss-gpu on a GPU host.
+FAISS ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hbt-installed
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,$(FAISS)]'
 	touch $(STAMP)
 
 setup: $(STAMP)

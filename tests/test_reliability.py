@@ -98,3 +98,47 @@ def test_errors_inside_instantiated_objects_are_one_line(tmp_path, args, line):
     assert proc.returncode == 1
     assert last_line(proc.stderr).startswith(line)
     assert "Traceback" not in proc.stderr
+
+
+DDP_RUN = ["trainer=ddp_cpu", "logger=csv", "data.batch_size=8", "trainer.max_steps=200", "callbacks.retrieval_eval.at_epoch_end=false",
+           "callbacks.checkpoint.every_n_train_steps=1000"]
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_checkpoints_exits_and_resumes_exactly(tmp_path):
+    """A cluster's pre-emption under DDP: SIGTERM to every rank, or to rank zero alone, writes last.ckpt and
+    every process exits within seconds; ckpt_path=last then gives the uninterrupted run's results.json."""
+    import psutil
+    import torch
+
+    for target in ("all", "rank0"):
+        run = tmp_path / target
+        proc = subprocess.Popen([sys.executable, "train.py", *DDP_RUN, f"hydra.run.dir={run}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while not (run / "csv" / "metrics.csv").exists() and time.time() < deadline:  # both ranks are training
+            time.sleep(0.2)
+        ranks = [proc.pid] + [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(ranks) >= 2, "rank 1 was not launched"
+        for pid in ranks if target == "all" else ranks[:1]:
+            psutil.Process(pid).send_signal(signal.SIGTERM)
+        start = time.time()
+        _, stderr = proc.communicate(timeout=60)
+        assert time.time() - start < 30, "took too long to stop"
+        assert proc.returncode != 0 and "interrupted at step" in stderr, stderr[-2000:]
+        assert not [pid for pid in ranks if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+        assert 0 < step < 200 and not (run / "checkpoints" / ".last.ckpt.tmp").exists()
+    full = run_cli("train.py", *DDP_RUN, f"hydra.run.dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-2000:]
+    resumed = run_cli("train.py", *DDP_RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'all'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "all" / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
+
+
+def test_ckpt_path_auto_starts_fresh_or_resumes(tmp_path):
+    from hbt.checkpointing import resolve_ckpt_path
+
+    assert resolve_ckpt_path("auto", tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")

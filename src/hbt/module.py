@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from hbt.errors import TrainingDiverged
+from hbt.errors import ConfigError, TrainingDiverged
 from hbt.distributed import average_gradients, gather_with_grad, rank_and_world
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
@@ -49,6 +49,7 @@ class RetrieverModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.hbt_config: dict | None = None  # the resolved run config, stored in checkpoints
         self.pairs_seen: Counter[str] = Counter()
+        self._unused_checked = False
 
     def contrastive_loss(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None):
         """InfoNCE of local query embeddings against the passages (and hard negatives) of all ranks."""
@@ -72,6 +73,24 @@ class RetrieverModule(L.LightningModule):
             raise TrainingDiverged(self.trainer.global_step if self._trainer is not None else batch_idx, float(loss))
         self.log_step(batch, loss, stats, queries)
         return None if self.loss.chunk_size else loss
+
+    def on_after_backward(self) -> None:
+        if not self._unused_checked:
+            self.check_all_parameters_used()
+
+    def check_all_parameters_used(self) -> None:
+        """After the first backward: a trainable parameter without a gradient is one the embedding never
+        uses. DDP without ``find_unused_parameters`` would fail on it at the next step with an internal
+        message; here it is one line naming the parameters."""
+        self._unused_checked = True
+        unused = [name for name, p in self.encoder.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+            raise ConfigError(
+                "model.name_or_path",
+                f"{len(unused)} trainable parameters get no gradient from the embedding ({shown}); "
+                "DDP needs every trainable parameter used: pick a pooling that uses them or freeze them",
+            )
 
     def log_step(self, batch: dict, loss: torch.Tensor, stats: dict, queries: torch.Tensor) -> None:
         """The loss every step (progress bar); the other statistics only on the steps the loggers write,
@@ -125,6 +144,8 @@ class RetrieverModule(L.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         loss, stats, queries = self.grad_cache_backward(batch)
+        if not self._unused_checked:
+            self.check_all_parameters_used()
         average_gradients(self.encoder.parameters())
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
@@ -133,6 +154,21 @@ class RetrieverModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         return loss, stats, queries
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Under FSDP, norm clipping goes through FSDP's own ``clip_grad_norm_`` (the norm over every
+        rank's shard); Lightning's FSDP precision plugin refuses norm clipping outright."""
+        sharded = self._fsdp_root()
+        if sharded is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            sharded.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _fsdp_root(self):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.strategy.model if self._trainer is not None else None
+        return model if isinstance(model, FullyShardedDataParallel) else None
 
     def on_train_epoch_end(self) -> None:
         """Per epoch: share of monolingual pairs, distinct language pairs, and each query language's share."""
@@ -165,15 +201,28 @@ class RetrieverModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["hbt_config"] = self.hbt_config
         # Lightning restores model, optimizer, scheduler and loop state; the RNGs (dropout) are ours to keep.
-        checkpoint["hbt_rng"] = {
+        # Every rank's: their streams drift apart (each rank's batch slice has its own padded shape, so
+        # dropout draws differ), and a resumed rank must continue its own. Lightning calls this hook on
+        # every rank, so the states can be gathered here.
+        state = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
         }
+        _, world = rank_and_world()
+        states = [state]
+        if world > 1:
+            import torch.distributed as dist
+
+            states = [None] * world
+            dist.all_gather_object(states, state)
+        checkpoint["hbt_rng"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("hbt_rng")
+        states = checkpoint.get("hbt_rng")
+        rank, _ = rank_and_world()
+        state = states[rank] if isinstance(states, list) and rank < len(states) else (states[0] if isinstance(states, list) else states)
         if state:
             torch.set_rng_state(state["torch"])
             if state["cuda"] is not None and torch.cuda.is_available():

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from hbt.checkpointing import INTERRUPTS, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.benchmark import RetrievalBenchmark
+from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
@@ -35,6 +36,9 @@ RESULTS_FILE = "results.json"
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
+    resolve_precision(cfg)
+    check_fsdp(cfg)
+    check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
     loss = instantiate(cfg.loss)
@@ -46,16 +50,18 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip})
+    strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if is_fsdp(cfg.trainer) else {}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip}, **strategy)
     for logger in loggers:
         logger.log_hyperparams(module.hbt_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
 
     metrics: dict = {}
-    if trainer.is_global_zero:
-        export_encoder(encoder, out / "model")
-    # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
-    results = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
+    with full_parameters(trainer):  # under FSDP every rank gathers the whole encoder for these two
+        if trainer.is_global_zero:
+            export_encoder(encoder, out / "model")
+        # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
+        results = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
     if trainer.is_global_zero:
         metrics = flatten_macro(results, "test")
         for logger in loggers:

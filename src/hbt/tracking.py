@@ -126,9 +126,12 @@ def log_pair_tables(run, results: dict, prefix: str) -> None:
 
 def log_final_results(loggers, results: dict, results_path: Path, model_dir: Path | None) -> None:
     """Tables, heatmaps, and ``results.json`` (+ the exported model) as artifacts of every W&B run."""
+    runs = wandb_runs(loggers)
+    if not runs:  # no W&B logger: wandb is not needed (nor imported)
+        return
     import wandb
 
-    for run in wandb_runs(loggers):
+    for run in runs:
         log_pair_tables(run, results, "test")
         artifact = wandb.Artifact(f"results-{run.id}", type="results")
         artifact.add_file(str(results_path))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import lightning as L
 
 from hbt.eval.benchmark import RetrievalBenchmark
+from hbt.hardware import full_parameters
 from hbt.eval.retrieval import Evaluator, flatten_macro
 from hbt.tracking import log_pair_tables, wandb_runs
 
@@ -54,7 +55,8 @@ class RetrievalEvalCallback(L.Callback):
         """Every rank encodes its shard of each benchmark (see ``Evaluator``); rank zero logs."""
         if not self.benchmarks(trainer):
             return
-        self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
+        with full_parameters(trainer):
+            self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
         if trainer.is_global_zero:
             metrics = flatten_macro(self.last_results, self.prefix)
             for logger in trainer.loggers:

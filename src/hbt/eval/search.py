@@ -32,7 +32,10 @@ class FaissSearcher:
         self.query_batch = query_batch
 
     def build(self, corpus: np.ndarray):
-        import faiss
+        try:
+            import faiss
+        except ImportError:
+            raise ConfigError("evaluator.searcher", "faiss is not installed: pip install -e '.[cpu]' (faiss-cpu) or '.[gpu]' (faiss-gpu)") from None
 
         corpus = np.ascontiguousarray(corpus, dtype=np.float32)
         dim = corpus.shape[1]
@@ -48,7 +51,10 @@ class FaissSearcher:
         else:
             index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = self.ef_search
-        use_gpu = self.use_gpu if self.use_gpu is not None else hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if self.use_gpu and gpus == 0:
+            raise ConfigError("evaluator.searcher.use_gpu", "true, but faiss sees no GPU (faiss-cpu installed? pip install -e '.[gpu]')")
+        use_gpu = self.use_gpu if self.use_gpu is not None else gpus > 0
         if use_gpu and self.index_type != "hnsw":
             index = faiss.index_cpu_to_all_gpus(index)
         index.add(corpus)

@@ -1,0 +1,142 @@
+"""The trainer follows the hardware: GPUs in bf16 by default, the CPU in fp32; large models and unsupported
+FSDP combinations stop before anything loads, with one line naming the keys."""
+import pytest
+import torch
+from conftest import compose_config, last_line, run_cli
+
+from hbt.hardware import check_fsdp, default_precision, fsdp_wrap_classes, resolve_precision, uses_gpu
+from hbt.models.encoder import Encoder, count_parameters
+
+MT5_XL = {"vocab_size": 250112, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32}
+
+
+def test_default_trainer_uses_the_cpu_in_fp32_here_and_a_gpu_in_bf16(make_cfg, monkeypatch):
+    cfg = make_cfg("train", [])
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.precision is None
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    cfg = make_cfg("train", [])
+    assert uses_gpu(cfg.trainer)
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert default_precision(True) == "16-mixed"  # V100 / T4
+    cfg = make_cfg("train", ["trainer.precision=32-true"])
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "32-true"  # an explicit value is kept
+    assert not uses_gpu(make_cfg("train", ["trainer=cpu"]).trainer)
+
+
+def test_the_cards_command_on_a_cpu_host_stops_with_one_line(tmp_path):
+    """`python train.py model=mt5_xl sampler.ratio=0.3` here: the encoder's size is read from config.json
+    on the meta device (no weights exist in this directory), and the run stops before loading anything."""
+    from transformers import MT5Config
+
+    MT5Config(**MT5_XL).save_pretrained(tmp_path / "mt5-xl")
+    assert count_parameters(str(tmp_path / "mt5-xl")) == pytest.approx(1.67e9, rel=0.01)
+    proc = run_cli("train.py", "model=mt5_xl", f"model.name_or_path={tmp_path / 'mt5-xl'}", "sampler.ratio=0.3", "logger=csv",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr).startswith("config error: trainer: ") and "1.67B encoder parameters" in proc.stderr
+    assert "use trainer=gpu|ddp|fsdp (or cpu_max_parameters=null" in last_line(proc.stderr)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_parameter_count_from_config_equals_the_loaded_encoder(family_dirs):
+    for family in ("bert", "mt5", "mbart50", "labse"):
+        encoder = Encoder(name_or_path=str(family_dirs[family]))
+        loaded = sum(p.numel() for p in encoder.parameters()) - sum(p.numel() for p in encoder.heads.parameters())
+        pooler = sum(p.numel() for module in encoder._set_aside for p in module.parameters())
+        assert count_parameters(str(family_dirs[family])) == loaded + pooler, family
+
+
+def test_large_model_configs_fit_an_80gb_gpu(tmp_path):
+    for option, chunk in (("mt5_xl", 25), ("xlmr_xl", 10)):
+        cfg = compose_config("train", [f"model={option}"], tmp_path)
+        assert cfg.model.gradient_checkpointing and cfg.loss.chunk_size == chunk
+    for option in ("mt5_xxl", "xlmr_xxl"):
+        cfg = compose_config("train", [f"model={option}"], tmp_path)
+        assert cfg.model.gradient_checkpointing and cfg.loss.chunk_size is None
+        assert "FSDPStrategy" in cfg.trainer.strategy._target_
+
+
+def test_fsdp_with_gradcache_is_refused_before_training(tmp_path, make_cfg):
+    from hbt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.chunk_size: GradCache is not supported with trainer=fsdp"):
+        check_fsdp(make_cfg("train", ["trainer=fsdp", "loss.chunk_size=4"]))
+    check_fsdp(make_cfg("train", ["trainer=fsdp"]))  # without GradCache it is accepted
+    proc = run_cli("train.py", "trainer=fsdp", "loss.chunk_size=4", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr).startswith("config error: loss.chunk_size: GradCache is not supported with trainer=fsdp")
+
+
+def test_fsdp_wraps_each_transformer_block(family_dirs):
+    names = {family: {cls.__name__ for cls in fsdp_wrap_classes(Encoder(name_or_path=str(family_dirs[family])))} for family in ("mt5", "xlmr", "mbart50")}
+    assert "MT5Block" in names["mt5"] and "XLMRobertaLayer" in names["xlmr"] and "MBartEncoderLayer" in names["mbart50"]
+
+
+def test_faiss_comes_from_one_extra_and_a_forced_gpu_without_one_is_one_line():
+    import tomllib
+
+    from conftest import ROOT
+
+    from hbt.errors import ConfigError
+    from hbt.eval.search import FaissSearcher
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extras["cpu"] == ["faiss-cpu>=1.8"] and extras["gpu"] == ["faiss-gpu-cu12>=1.8"]
+    assert not any(dep.startswith("faiss") for dep in project["dependencies"] + extras["dev"])  # one faiss, never both
+    import faiss
+    import numpy as np
+
+    if faiss.get_num_gpus() == 0:
+        with pytest.raises(ConfigError, match="evaluator.searcher.use_gpu: true, but faiss sees no GPU"):
+            FaissSearcher(use_gpu=True).search(np.ones((1, 4), "float32"), np.ones((3, 4), "float32"), 2)
+
+
+def test_fsdp_clips_gradients_with_its_own_sharded_norm(monkeypatch):
+    """Lightning's FSDP precision plugin raises on norm clipping (found on an H100: every trainer=fsdp run
+    with the default gradient_clip_val stopped at step 1); the module routes it to FSDP's clip_grad_norm_.
+    FSDP itself needs CUDA, so the FSDP root is a stand-in here."""
+    from hbt.loss import InfoNCELoss
+    from hbt.module import RetrieverModule
+
+    calls = []
+
+    class ShardedRoot:
+        def clip_grad_norm_(self, max_norm):
+            calls.append(max_norm)
+
+    module = RetrieverModule(Encoder(tiny={"hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 16}), InfoNCELoss(),
+                             optimizer=torch.optim.AdamW)
+    monkeypatch.setattr(module, "_fsdp_root", lambda: ShardedRoot())
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    assert calls == [1.0]
+    monkeypatch.setattr(module, "_fsdp_root", lambda: None)
+    monkeypatch.setattr(module, "clip_gradients", lambda *a, **k: calls.append("lightning"))
+    module.configure_gradient_clipping(None, 1.0, "norm")
+    assert calls == [1.0, "lightning"]  # elsewhere Lightning clips as before
+
+
+def test_mixed_precision_uses_the_foreach_optimizer(make_cfg):
+    """Found on an H100: Lightning refuses clipping with fused AdamW under bf16-mixed, so every default GPU
+    run stopped at step 1. Mixed precision now gets the foreach kernel; full precision keeps fused."""
+    cfg = make_cfg("train", ["trainer.precision=bf16-mixed"])
+    resolve_precision(cfg)
+    assert cfg.optim.optimizer.fused is False
+    cfg = make_cfg("train", ["trainer=cpu"])
+    resolve_precision(cfg)
+    assert cfg.optim.optimizer.fused is True
+
+
+def test_bf16_mixed_training_with_clipping_runs_end_to_end(make_cfg, tmp_path):
+    """The GPU default's precision, run here on the CPU (which has bf16): failed at step 1 before the fix."""
+    from hbt.tasks import train
+
+    metrics, _ = train(make_cfg("train", ["logger=csv", "trainer=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=3",
+                                          "callbacks.retrieval_eval.at_epoch_end=false"], tmp_path / "bf16"))
+    assert metrics["test/toy/multi/map"] > 0

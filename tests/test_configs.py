@@ -50,3 +50,19 @@ def test_user_forms_from_the_brief(tmp_path):
     assert cfg.model.name_or_path == "google/mt5-xl" and cfg.sampler.ratio == 0.3
     assert cfg.optim.optimizer.lr == 3e-5  # pretrained models keep the paper's rate; only the tiny default differs
     assert compose_config("train", [], tmp_path).optim.optimizer.lr == 2e-3
+
+
+def test_paper_recipe_states_the_papers_values_and_labse_inherits_it(tmp_path):
+    """AdamW, lr 3e-5, weight decay 0.01, batch 100, one GPU (the paper); LaBSE differs only in the model."""
+    xlmr = compose_config("train", ["experiment=paper_xlmr", "data.train.directory=/data/mmarco"], tmp_path)
+    labse = compose_config("train", ["experiment=paper_labse", "data.train.directory=/data/mmarco"], tmp_path)
+    assert xlmr.optim.optimizer._target_ == "torch.optim.AdamW"
+    assert (xlmr.optim.optimizer.lr, xlmr.optim.optimizer.weight_decay, xlmr.data.batch_size, xlmr.trainer.devices) == (3e-5, 0.01, 100, 1)
+    plain = [OmegaConf.to_container(c, resolve=False) for c in (xlmr, labse)]
+    for cfg in plain:
+        cfg.pop("model"), cfg.pop("hydra")
+    assert plain[0] == plain[1]
+    assert labse.model.name_or_path == "sentence-transformers/LaBSE" and labse.model.pooling is None
+    recipe = (ROOT / "docs" / "paper_recipe.md").read_text()
+    for choice in ("warmup", "clipping", "temperature", "max lengths", "training languages", "steps"):
+        assert choice in recipe.lower(), choice

@@ -46,23 +46,40 @@ def test_sentence_splitter_reproduces_lareqa_segmentation_of_xquad_r():
         assert same / paragraphs > 0.7, (lang, same)
 
 
-def test_tatoeba_both_directions_against_english():
+def test_tatoeba_each_direction_against_english_with_xx_en_first():
     bench = load_tatoeba(str(shared_data("tatoeba")), ["afr", "jpn"])
     torch.manual_seed(0)
     results = Evaluator(ks=(1, 10)).evaluate(Encoder(tiny=TINY), bench)
-    assert set(results) == {"cross", "multi"}
-    assert set(results["cross"]["pairs"]) == {"afr-eng", "eng-afr", "jpn-eng", "eng-jpn"}
+    assert list(results) == ["xx_en", "en_xx", "multi"]  # XTREME's reported direction first
+    assert set(results["xx_en"]["pairs"]) == {"afr-eng", "jpn-eng"} and set(results["en_xx"]["pairs"]) == {"eng-afr", "eng-jpn"}
     assert set(results["multi"]["pairs"]) == {"afr", "eng(afr)", "jpn", "eng(jpn)"}
-    assert results["cross"]["pairs"]["afr-eng"]["num_queries"] == 1000
-    assert "rank_distance" in results["multi"]["macro"]
+    assert results["xx_en"]["pairs"]["afr-eng"]["num_queries"] == 1000
+    # The query's own sentence is no candidate: one relevant (its translation), so no rank distance spread.
+    assert results["multi"]["macro"]["rank_distance"] == 0.0
 
 
-def test_identical_sides_give_perfect_accuracy(tmp_path):
-    for lang in ("xx", "yy"):
+def test_identical_sides_give_perfect_accuracy_and_multi_excludes_the_query_itself(tmp_path):
+    for lang in ("xx", "yy", "zz"):
         (tmp_path / f"{lang}.txt").write_text("a cat\nthe dog barks\nrain today\n")
-    bench = load_parallel_files("copy", str(tmp_path / "{lang}.txt"), ["xx", "yy"])
-    results = Evaluator(ks=(1,)).evaluate(Encoder(tiny=TINY), bench)
+    bench = load_parallel_files("copy", str(tmp_path / "{lang}.txt"), ["xx", "yy", "zz"])
+    results = Evaluator(ks=(1, 2)).evaluate(Encoder(tiny=TINY), bench)
     assert results["cross"]["macro"]["recall@1"] == 1.0
+    # Multi: the two translations (identical texts) take ranks 1 and 2; the query itself is not ranked.
+    assert results["multi"]["macro"] == {"map": 1.0, "recall@1": 0.5, "recall@2": 1.0, "rank_distance": 1.0}
+
+
+def test_parallel_text_is_encoded_symmetrically_unless_asked(tmp_path):
+    for lang in ("xx", "yy"):
+        (tmp_path / f"{lang}.txt").write_text("a cat\nthe dog\n")
+    encoder = Encoder(tiny=TINY, query_prefix="query: ", passage_prefix="passage: ")
+    seen = []
+    original = encoder.encode
+    encoder.encode = lambda texts, kind, *args, **kw: seen.append(kind) or original(texts, kind, *args, **kw)
+    Evaluator().evaluate(encoder, load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["xx", "yy"]))
+    assert seen == ["query", "query"]  # both sides as queries, each language encoded once
+    seen.clear()
+    Evaluator().evaluate(encoder, load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["xx", "yy"], symmetric=False))
+    assert seen == ["query", "query", "passage", "passage"]
 
 
 @pytest.mark.parametrize(
@@ -116,7 +133,8 @@ def test_sentence_splitter_and_mlqa_r_conversion(tmp_path):
             {"id": f"only-{lang}", "question": "x?", "answers": [{"text": "A", "answer_start": 0}]}]}]}]}
         (tmp_path / "test").mkdir(exist_ok=True)
         (tmp_path / "test" / f"test-context-{lang}-question-{lang}.json").write_text(json.dumps(doc))
-    counts = convert(str(tmp_path), str(tmp_path / "out"), "test", ["en", "de"])
+    assert convert(str(tmp_path), str(tmp_path / "all"), "test", ["en", "de"]) == {"en": (2, 3), "de": (2, 3)}  # every question
+    counts = convert(str(tmp_path), str(tmp_path / "out"), "test", ["en", "de"], parallel_only=True)
     assert counts == {"en": (1, 3), "de": (1, 3)}  # only the question present in both languages
     bench = load_lareqa("mlqa_r", tmp_path / "out", ["en", "de"])
     assert bench.candidates["en"][bench.relevant["en"]["q1"][0]] == "The capital is Paris indeed."

@@ -170,3 +170,28 @@ def test_language_bias_shows_in_rank_distance():
     worst = Evaluator(ks=(1,)).score(bench, {"a": eye, "b": eye}, reverse)
     assert worst["mono"]["macro"]["map"] == pytest.approx(1 / 3)
     assert worst["mono"]["macro"]["recall@1"] == 0.0
+
+
+def test_perfect_ranking_with_eleven_languages_pins_the_multi_ranges():
+    """XQuAD-R's multi view: 11 parallel relevant candidates per query. A perfect ranking puts them at
+    ranks 1..11, so AP = 1, R@1 = 1/11, R@10 = 10/11 and rank distance = 10 (its floor, not 0)."""
+    perfect = _metrics([list(range(1, 12))], ks=(1, 10), rank_distance=True)
+    assert perfect == pytest.approx({"map": 1.0, "recall@1": 1 / 11, "recall@10": 10 / 11, "rank_distance": 10.0})
+    # One translation pushed to rank 500: AP = (10 + 11/500)/11, R@10 unchanged, distance 499.
+    biased = _metrics([list(range(1, 11)) + [500]], ks=(1, 10), rank_distance=True)
+    assert biased == pytest.approx({"map": (10 + 11 / 500) / 11, "recall@1": 1 / 11, "recall@10": 10 / 11, "rank_distance": 499.0})
+
+
+def test_ndcg_and_recall_at_100_by_hand():
+    from hbt.eval.metrics import ndcg_at, trec_query_metrics
+
+    # Perfect: graded 2 then 1 at the top.
+    assert ndcg_at([2, 1, 0], [2, 1], 10) == 1.0
+    # Grades 1 at rank 1 and 2 at rank 3, ideal 2, 1: (1 + 2/log2(4)) / (2 + 1/log2(3)).
+    assert ndcg_at([1, 0, 2], [2, 1], 10) == pytest.approx((1 + 2 / 2) / (2 + 1 / math.log2(3)))
+    # Outside the cut-off counts for nothing.
+    assert ndcg_at([0] * 10 + [1], [1], 10) == 0.0
+    ranked = [f"d{i}" for i in range(150)]
+    metrics = trec_query_metrics(ranked, {"d3": 1, "d120": 2, "dX": 1, "d7": 0}, {"ndcg": 10, "recall": 100})
+    assert metrics["recall@100"] == pytest.approx(1 / 3)  # d3 found; d120 beyond 100; dX never retrieved; d7 not relevant
+    assert metrics["ndcg@10"] == pytest.approx((1 / math.log2(5)) / (2 + 1 / math.log2(3) + 1 / 2))

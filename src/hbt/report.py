@@ -106,10 +106,13 @@ if __name__ == "__main__":
 
 
 def pair_matrix(by_setting: dict, metric: str = "map"):
-    """Query language x candidate language matrix of ``metric``: mono pairs on the diagonal, cross off it."""
+    """Query language x candidate language matrix of ``metric``: mono pairs on the diagonal, cross off it
+    (Tatoeba's two directions, ``xx_en`` and ``en_xx``, are its cross pairs)."""
     import numpy as np
 
-    pairs = {**by_setting.get("mono", {}).get("pairs", {}), **by_setting.get("cross", {}).get("pairs", {})}
+    pairs = {}
+    for setting in ("mono", "cross", "xx_en", "en_xx"):
+        pairs.update(by_setting.get(setting, {}).get("pairs", {}))
     split = {key: key.split("-", 1) for key in pairs if "-" in key}
     langs = sorted({lang for q, c in split.values() for lang in (q, c)})
     index = {lang: i for i, lang in enumerate(langs)}

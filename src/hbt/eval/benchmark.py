@@ -20,6 +20,12 @@ class RetrievalBenchmark:
     relevant: dict[str, dict[str, list[int]]]  # candidate lang -> qid -> candidate positions
     # Settings to run (None: the evaluator's). Parallel sentences skip "mono", where query = candidate.
     settings: tuple[str, ...] | None = None
+    # Parallel sentences: each query is also a candidate of its own language (same position); the multi
+    # view then leaves that candidate out of the ranking and out of the relevant set.
+    queries_are_candidates: bool = False
+    # How candidates are encoded: "passage" (retrieval: asymmetric), or "query" for symmetric tasks such
+    # as bitext mining, where both sides are encoded alike (mE5's authors: "query: " on both sides).
+    candidate_kind: str = "passage"
 
     @property
     def languages(self) -> list[str]:
@@ -52,6 +58,9 @@ class BenchmarkGroup:
     name: str
     parts: dict[str, RetrievalBenchmark]
     labels: dict[str, dict[str, str]]
+    # XTREME's Tatoeba reports each direction against English on its own: with a pivot ("eng"), the
+    # cross pairs are split into "xx_en" (xxx -> pivot, the headline) and "en_xx" (pivot -> xxx).
+    pivot: str | None = None
 
     def summary(self) -> str:
         return f"{self.name} ({len(self.parts)} parts: {', '.join(self.parts)})"

@@ -47,7 +47,7 @@ def load_lareqa(
     split_seed: int = 0,
 ) -> RetrievalBenchmark:
     """The benchmark over all articles, or over one side of the article split."""
-    parsed = _read_all(directory, languages)
+    parsed = _read_all(directory, languages, aligned_articles=articles != "all")
     queries, candidates, relevant = {}, {}, {}
     for lang, arts in parsed.items():
         keep = article_indices(len(arts), articles, train_fraction, split_seed)
@@ -57,6 +57,10 @@ def load_lareqa(
             candidates[lang].extend(arts[a]["sentences"])
             queries[lang].extend(arts[a]["queries"])
             relevant[lang].update({qid: [offset + s] for qid, s in arts[a]["answer_sentence"].items()})
+    for lang in queries:
+        if not queries[lang] or not candidates[lang]:
+            raise DataError(str(Path(directory) / f"{lang}.json"), f"no {'questions' if not queries[lang] else 'sentences'} for language {lang!r}"
+                            + (f" in the {articles} articles" if articles != "all" else ""))
     suffix = "" if articles == "all" else f"-{articles}"
     return RetrievalBenchmark(f"{name}{suffix}", queries, candidates, relevant)
 
@@ -66,7 +70,7 @@ def lareqa_items(
 ) -> list[ParallelItem]:
     """Training pairs from one side of the article split: each question with its answer sentence, in
     every language (questions are parallel by id)."""
-    parsed = _read_all(directory, languages)
+    parsed = _read_all(directory, languages, aligned_articles=True)
     first = next(iter(parsed.values()))
     items: dict[str, dict] = {}
     for lang, arts in parsed.items():
@@ -79,7 +83,9 @@ def lareqa_items(
     return [ParallelItem(qid, e["questions"], e["passages"]) for qid, e in items.items()]
 
 
-def _read_all(directory: str | Path, languages: list[str] | None) -> dict[str, list[dict]]:
+def _read_all(directory: str | Path, languages: list[str] | None, aligned_articles: bool = False) -> dict[str, list[dict]]:
+    """Every language's articles. Only the article split (an XQuAD-R feature, where every language holds
+    the same articles in the same order) needs them aligned; MLQA-R's languages hold different ones."""
     directory = Path(directory)
     if languages is None:
         languages = sorted(p.stem for p in directory.glob("*.json"))
@@ -87,8 +93,8 @@ def _read_all(directory: str | Path, languages: list[str] | None) -> dict[str, l
             raise DataError(str(directory), "no <lang>.json files (LAReQA format) found")
     parsed = {lang: _read_language(directory / f"{lang}.json") for lang in languages}
     counts = {lang: len(arts) for lang, arts in parsed.items()}
-    if len(set(counts.values())) > 1:
-        raise DataError(str(directory), f"languages have different numbers of articles: {counts}")
+    if aligned_articles and len(set(counts.values())) > 1:
+        raise DataError(str(directory), f"languages have different numbers of articles: {counts} (an article split needs XQuAD-R's aligned articles)")
     return parsed
 
 

@@ -1,11 +1,16 @@
 """Build MLQA-R (LAReQA format) from the MLQA release, the way XQuAD-R was built from XQuAD.
 
-    python -m hbt.eval.mlqa_r <MLQA_V1 dir> <out dir> --split test
+    python -m hbt.eval.mlqa_r <MLQA_V1 dir> <out dir>            # dev, as LAReQA built it
 
 For each language, ``<split>/<split>-context-<l>-question-<l>.json`` is read; every context is split into
 sentences (``split_sentences``), and each paragraph gets LAReQA's ``sentences`` and
-``sentence_breaks``. With ``--parallel-only`` (default) only questions present in every language are
-kept, so queries are parallel by id, as in XQuAD-R.
+``sentence_breaks``. As in LAReQA, every question of each language is kept (MLQA's questions are
+parallel across English and up to three other languages, so an intersection over all seven would be
+empty); LAReQA's MLQA-R counts (en 1148, ar 517, de 512, es 500, hi 507, vi 511, zh 504) are MLQA's dev
+counts, so ``dev`` is the default split. ``--parallel-only`` keeps only questions present in every
+language, for a fully parallel subset (it stops with an error when that is empty). MLQA's languages do
+not share articles: each file holds only the contexts that have questions in that language, so nothing
+here or in evaluation assumes aligned articles.
 
 The sentence splitter (``split_sentences``) is rule-based, in the style of Moses' splitter with
 non-breaking prefixes: a sentence ends at ``.`` ``!`` ``?`` ``؟`` ``।`` (plus any closing quotes or
@@ -76,7 +81,11 @@ def _period_ends_sentence(text: str, match: re.Match, lang: str | None, rules: t
     return not ("abbreviations" in rules and word in ABBREVIATIONS.get(lang or "", ()))
 
 
-def convert(mlqa_dir: str, out_dir: str, split: str = "test", languages: list[str] | None = None, parallel_only: bool = True) -> dict[str, tuple[int, int]]:
+# LAReQA (Roy et al. 2020), Table 1: MLQA-R questions per language (= MLQA v1 dev).
+LAREQA_MLQA_R_QUESTIONS = {"ar": 517, "de": 512, "en": 1148, "es": 500, "hi": 507, "vi": 511, "zh": 504}
+
+
+def convert(mlqa_dir: str, out_dir: str, split: str = "dev", languages: list[str] | None = None, parallel_only: bool = False) -> dict[str, tuple[int, int]]:
     languages = list(languages or MLQA_R_LANGUAGES)
     docs = {}
     for lang in languages:
@@ -89,6 +98,8 @@ def convert(mlqa_dir: str, out_dir: str, split: str = "test", languages: list[st
             raise DataError(f"{path}:{err.lineno}", f"invalid JSON: {err.msg}") from None
     ids = {lang: {qa["id"] for a in doc["data"] for p in a["paragraphs"] for qa in p["qas"]} for lang, doc in docs.items()}
     keep = set.intersection(*ids.values()) if parallel_only else None
+    if keep is not None and not keep:
+        raise DataError(str(Path(mlqa_dir) / split), f"no question is present in all of {', '.join(languages)}; drop --parallel-only")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -102,6 +113,8 @@ def convert(mlqa_dir: str, out_dir: str, split: str = "test", languages: list[st
                 paragraph["qas"] = [qa for qa in paragraph["qas"] if keep is None or qa["id"] in keep]
                 questions += len(paragraph["qas"])
                 candidates += len(spans)
+        if not questions:
+            raise DataError(str(Path(mlqa_dir) / split / f"{split}-context-{lang}-question-{lang}.json"), f"no questions for language {lang!r}")
         (out / f"{lang}.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
         counts[lang] = (questions, candidates)
     return counts
@@ -111,17 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build MLQA-R (LAReQA format) from MLQA.")
     parser.add_argument("mlqa_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--split", default="test", choices=["dev", "test"])
+    parser.add_argument("--split", default="dev", choices=["dev", "test"], help="dev: LAReQA's MLQA-R")
     parser.add_argument("--languages", nargs="+", default=list(MLQA_R_LANGUAGES))
-    parser.add_argument("--all-questions", action="store_true", help="keep questions missing in some languages")
+    parser.add_argument("--parallel-only", action="store_true", help="keep only questions present in every language")
     args = parser.parse_args(argv)
     try:
-        counts = convert(args.mlqa_dir, args.out_dir, args.split, args.languages, not args.all_questions)
+        counts = convert(args.mlqa_dir, args.out_dir, args.split, args.languages, args.parallel_only)
     except HbtError as err:
         print(str(err), file=sys.stderr)
         return 1
+    compare = args.split == "dev" and not args.parallel_only
     for lang, (questions, candidates) in counts.items():
-        print(f"{lang}: {questions} questions, {candidates} candidates")
+        reference = LAREQA_MLQA_R_QUESTIONS.get(lang) if compare else None
+        note = f" (LAReQA: {reference}{'' if reference == questions else ', DIFFERS'})" if reference is not None else ""
+        print(f"{lang}: {questions} questions{note}, {candidates} candidates")
     return 0
 
 

@@ -2,9 +2,14 @@
 N-way parallel text such as FLORES or MTOP utterances (one line-aligned file per language).
 
 Each sentence retrieves its translation; with one relevant candidate, recall@1 is XTREME's
-accuracy@1. Tatoeba reports both directions against English (``xxx-eng`` and ``eng-xxx``) plus the
-multi view (``xxx``: the pool of both sides); N-way text gives the cross and multi views over all
-languages, with rank distance. The mono view is skipped: there the query is its own candidate.
+accuracy@1. Tatoeba reports the two directions against English as separate settings, ``xx_en``
+(``xxx-eng`` pairs: XTREME's reported figure, the headline) and ``en_xx`` (``eng-xxx``), plus the multi
+view (``xxx``: the pool of both sides without the query's own sentence); N-way text gives the cross and
+multi views over all languages, with rank distance. The mono view is skipped: there the query is its
+own candidate, and the multi view leaves it out for the same reason.
+
+These are symmetric tasks, so by default both sides are encoded alike, as queries (for mE5, its authors'
+prescription: "query: " on both sides); ``symmetric=False`` encodes the candidates as passages.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def read_aligned(path: Path) -> list[str]:
     return lines
 
 
-def aligned_benchmark(name: str, sentences: dict[str, list[str]], origin: dict[str, Path]) -> RetrievalBenchmark:
+def aligned_benchmark(name: str, sentences: dict[str, list[str]], origin: dict[str, Path], symmetric: bool = True) -> RetrievalBenchmark:
     counts = {lang: len(lines) for lang, lines in sentences.items()}
     if len(set(counts.values())) != 1:
         detail = ", ".join(f"{origin[lang]}: {n} lines" for lang, n in counts.items())
@@ -44,21 +49,23 @@ def aligned_benchmark(name: str, sentences: dict[str, list[str]], origin: dict[s
         candidates={lang: list(lines) for lang, lines in sentences.items()},
         relevant={lang: {i: [int(i)] for i in ids} for lang in sentences},
         settings=PARALLEL_SETTINGS,
+        queries_are_candidates=True,
+        candidate_kind="query" if symmetric else "passage",
     )
 
 
-def load_tatoeba(directory: str, languages: list[str] | None = None, name: str = "tatoeba") -> BenchmarkGroup:
+def load_tatoeba(directory: str, languages: list[str] | None = None, name: str = "tatoeba", symmetric: bool = True) -> BenchmarkGroup:
     """``tatoeba.<xxx>-eng.<xxx>`` / ``tatoeba.<xxx>-eng.eng`` pairs; ``languages`` defaults to XTREME's 36."""
     root = Path(directory)
     parts, labels = {}, {}
     for lang in languages or XTREME_TATOEBA:
         paths = {lang: root / f"tatoeba.{lang}-eng.{lang}", "eng": root / f"tatoeba.{lang}-eng.eng"}
-        parts[lang] = aligned_benchmark(f"{name}/{lang}", {k: read_aligned(p) for k, p in paths.items()}, paths)
+        parts[lang] = aligned_benchmark(f"{name}/{lang}", {k: read_aligned(p) for k, p in paths.items()}, paths, symmetric)
         labels[lang] = {"eng": "eng"}
-    return BenchmarkGroup(name, parts, labels)
+    return BenchmarkGroup(name, parts, labels, pivot="eng")
 
 
-def load_parallel_files(name: str, pattern: str, languages: list[str]) -> RetrievalBenchmark:
+def load_parallel_files(name: str, pattern: str, languages: list[str], symmetric: bool = True) -> RetrievalBenchmark:
     """N-way parallel text, one line-aligned file per language: ``pattern`` holds ``{lang}``."""
     paths = {lang: Path(pattern.format(lang=lang)) for lang in languages}
-    return aligned_benchmark(name, {lang: read_aligned(p) for lang, p in paths.items()}, paths)
+    return aligned_benchmark(name, {lang: read_aligned(p) for lang, p in paths.items()}, paths, symmetric)

@@ -32,8 +32,25 @@ def records(path: Path) -> Iterator:
             yield record
 
 
-def summarize(run_dir: Path) -> dict:
-    """Config keys, run name, history keys and artifacts (type, name) of one offline run."""
+def summarize(run_dir: Path, wait_s: float = 30.0) -> dict:
+    """Config keys, run name, history keys and artifacts (type, name) of one offline run. W&B's service
+    process can still be appending to the file for a moment after ``wandb.finish()`` returns, so a file
+    that does not parse yet (a record cut off at its end) is read again until it does."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return _summarize(run_dir)
+        except DecodeError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _summarize(run_dir: Path) -> dict:
     (path,) = Path(run_dir).glob("run-*.wandb")
     out = {"config": {}, "history": set(), "artifacts": [], "name": None, "group": None}
     for record in records(path):

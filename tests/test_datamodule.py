@@ -1,6 +1,7 @@
 """The DataModule: cached tokens give the same batches as tokenizing on the fly; hard negatives line up."""
 from functools import partial
 
+import pytest
 import torch
 
 from hbt.data.datamodule import ParallelDataModule
@@ -49,6 +50,7 @@ def test_hard_negatives_follow_the_passage_language():
             assert all(text.startswith(f"neg-{lang}-") for text, lang in zip(texts, langs))
 
 
+@pytest.mark.slow
 def test_every_epoch_gets_its_own_batches_through_lightning(tmp_path):
     """Lightning sets the epoch on ``batch_sampler.sampler``: epochs must differ and be full length."""
     import lightning as L

@@ -48,6 +48,7 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_uses_its_model_as_trained_and_every_parameter_learns(family, family_dirs, tmp_path):
     encoder = family_encoder(family, family_dirs, tmp_path)
@@ -60,6 +61,7 @@ def test_family_uses_its_model_as_trained_and_every_parameter_learns(family, fam
     assert [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_trained_export_reloads_identically_and_keeps_its_heads(family, family_dirs, tmp_path):
     """A few optimizer steps move every weight; the export then embeds exactly like the trained module,
@@ -93,6 +95,7 @@ def test_trained_export_reloads_identically_and_keeps_its_heads(family, family_d
             assert cosines(encoder.encode(texts[rows], kind, langs[rows]), theirs).min() >= 1 - 1e-5
 
 
+@pytest.mark.slow
 def test_sentence_transformers_directory_of_real_me5_embeds_like_sentence_transformers(me5_dir, tmp_path):
     """multilingual-e5-small as the hub publishes it (Transformer -> mean Pooling -> Normalize, with
     query/passage prompts): hbt reads pooling and prompts from the directory and matches
@@ -114,6 +117,7 @@ def test_sentence_transformers_directory_of_real_me5_embeds_like_sentence_transf
     assert cosines(encoder.encode(texts, "query"), bare).min() < 0.999
 
 
+@pytest.mark.slow
 def test_labse_style_directory_embeds_like_sentence_transformers_not_like_raw_cls(family_dirs):
     from sentence_transformers import SentenceTransformer
 
@@ -126,6 +130,7 @@ def test_labse_style_directory_embeds_like_sentence_transformers_not_like_raw_cl
     assert cosines(raw_cls.encode(texts, "query"), theirs).max() < 0.99
 
 
+@pytest.mark.slow
 def test_mbart50_tags_each_text_with_its_language_in_training_and_evaluation(family_dirs, tmp_path):
     from hbt.data.datamodule import PairCollator
 
@@ -148,6 +153,7 @@ def test_mbart50_tags_each_text_with_its_language_in_training_and_evaluation(fam
     assert not torch.allclose(tagged, encoder.encode(texts[:1], "query", "en"))  # the code changes the embedding
 
 
+@pytest.mark.slow
 def test_language_codes_errors_name_the_key(family_dirs, tmp_path):
     encoder = family_encoder("mbart50", family_dirs, tmp_path)
     with pytest.raises(ConfigError, match=r"model.language_codes.el: the tokenizer has no code for language 'el'; map it with \+model.language_codes.el="):
@@ -160,6 +166,7 @@ def test_language_codes_errors_name_the_key(family_dirs, tmp_path):
         Encoder(name_or_path=str(family_dirs["xlmr"]), language_codes={"el": "en_XX"})
 
 
+@pytest.mark.slow
 def test_mbart_on_data_with_a_language_it_lacks_stops_with_one_line(family_dirs, tmp_path):
     proc = run_cli("train.py", "model=mbart_large", f"model.name_or_path={family_dirs['mbart50']}", "logger=csv", "trainer.max_steps=1",
                    f"hydra.run.dir={tmp_path}")
@@ -183,12 +190,14 @@ def test_poolings_match_their_definitions(pooling):
     assert torch.equal(encoder.pool(hidden, mask), expected)
 
 
+@pytest.mark.slow
 def test_unknown_pooling_is_one_line(tmp_path):
     proc = run_cli("train.py", "model.pooling=weighted", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
     assert last_line(proc.stderr).startswith("config error: model.pooling: unknown pooling 'weighted'; expected one of mean, cls, max, lasttoken")
 
 
+@pytest.mark.slow
 def test_prefixes_only_for_models_trained_with_them(tmp_path):
     for option in sorted(p.stem for p in (ROOT / "conf" / "model").glob("[!_]*.yaml")):
         model = compose_config("train", [f"model={option}"], tmp_path).model
@@ -196,6 +205,7 @@ def test_prefixes_only_for_models_trained_with_them(tmp_path):
         assert (model.query_prefix, model.passage_prefix) == expected, option
 
 
+@pytest.mark.slow
 def test_an_unused_parameter_is_one_line_before_ddp_fails(family_dirs, tmp_path):
     from hbt.loss import InfoNCELoss
     from hbt.module import RetrieverModule

@@ -29,6 +29,7 @@ def test_default_trainer_uses_the_cpu_in_fp32_here_and_a_gpu_in_bf16(make_cfg, m
     assert not uses_gpu(make_cfg("train", ["trainer=cpu"]).trainer)
 
 
+@pytest.mark.slow
 def test_the_cards_command_on_a_cpu_host_stops_with_one_line(tmp_path):
     """`python train.py model=mt5_xl sampler.ratio=0.3` here: the encoder's size is read from config.json
     on the meta device (no weights exist in this directory), and the run stops before loading anything."""
@@ -44,6 +45,7 @@ def test_the_cards_command_on_a_cpu_host_stops_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_parameter_count_from_config_equals_the_loaded_encoder(family_dirs):
     for family in ("bert", "mt5", "mbart50", "labse"):
         encoder = Encoder(name_or_path=str(family_dirs[family]))
@@ -62,6 +64,7 @@ def test_large_model_configs_fit_an_80gb_gpu(tmp_path):
         assert "FSDPStrategy" in cfg.trainer.strategy._target_
 
 
+@pytest.mark.slow
 def test_fsdp_with_gradcache_is_refused_before_training(tmp_path, make_cfg):
     from hbt.errors import ConfigError
 
@@ -73,6 +76,7 @@ def test_fsdp_with_gradcache_is_refused_before_training(tmp_path, make_cfg):
     assert last_line(proc.stderr).startswith("config error: loss.chunk_size: GradCache is not supported with trainer=fsdp")
 
 
+@pytest.mark.slow
 def test_fsdp_wraps_each_transformer_block(family_dirs):
     names = {family: {cls.__name__ for cls in fsdp_wrap_classes(Encoder(name_or_path=str(family_dirs[family])))} for family in ("mt5", "xlmr", "mbart50")}
     assert "MT5Block" in names["mt5"] and "XLMRobertaLayer" in names["xlmr"] and "MBartEncoderLayer" in names["mbart50"]
@@ -133,6 +137,7 @@ def test_mixed_precision_uses_the_foreach_optimizer(make_cfg):
     assert cfg.optim.optimizer.fused is True
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_with_clipping_runs_end_to_end(make_cfg, tmp_path):
     """The GPU default's precision, run here on the CPU (which has bf16): failed at step 1 before the fix."""
     from hbt.tasks import train

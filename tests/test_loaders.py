@@ -105,6 +105,7 @@ def test_changed_file_is_read_again(tmp_path):
     assert len(load_jsonl(str(path))) == 1
 
 
+@pytest.mark.slow
 def test_training_on_a_jsonl_file_and_a_bad_one(tmp_path):
     records = [
         {"id": str(i), "questions": {"en": f"question {i}?", "de": f"Frage {i}?"}, "passages": {"en": f"answer {i}.", "de": f"Antwort {i}."}}

@@ -94,6 +94,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size):
     ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(with_negatives=True))
@@ -119,6 +120,7 @@ def _encode_worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path):
     from hbt.data.toy import toy_benchmark
     from hbt.eval.retrieval import Evaluator

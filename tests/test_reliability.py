@@ -25,6 +25,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [10, 25])  # mid first epoch; mid second epoch
 def test_resume_from_a_mid_epoch_checkpoint_gives_identical_results(uninterrupted, make_cfg, tmp_path, step):
     checkpoint = uninterrupted / "checkpoints" / f"step{step}.ckpt"
@@ -33,11 +34,13 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_identical_results(uninterrupte
     assert (tmp_path / "resumed" / "results.json").read_text() == (uninterrupted / "results.json").read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(uninterrupted, make_cfg, tmp_path):
     train(make_cfg("train", RUN, tmp_path / "again"))
     assert (tmp_path / "again" / "results.json").read_text() == (uninterrupted / "results.json").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_checkpoint_and_ckpt_path_last_resumes(tmp_path):
     cmd = [sys.executable, "train.py", "logger=csv", "trainer.max_epochs=50", "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -78,6 +81,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(make_cfg, tmp
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
     (tmp_path / "results.json").write_text('{"earlier": "results"}')
     proc = run_cli("train.py", "logger=csv", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}")
@@ -93,6 +97,7 @@ def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
         (["model=xlmr_base", "model.name_or_path=/nonexistent/model-dir"], "config error: model.name_or_path: cannot load '/nonexistent/model-dir'"),
     ],
 )
+@pytest.mark.slow
 def test_errors_inside_instantiated_objects_are_one_line(tmp_path, args, line):
     proc = run_cli("train.py", "logger=csv", *args, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1

@@ -1,4 +1,5 @@
 """W&B offline runs hold what the dashboards need; a failing multirun job does not stop the sweep."""
+import pytest
 import json
 
 from conftest import FAST, run_cli
@@ -8,6 +9,7 @@ from hbt.tasks import train
 from hbt.tracking import resolve_mode
 
 
+@pytest.mark.slow
 def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tmp_path):
     cfg = make_cfg("train", [*FAST, "logger=wandb", "trainer.log_every_n_steps=1", "logger.wandb.group=sweep-a", "sampler.ratio=0.25"], tmp_path / "run")
     train(cfg)
@@ -37,6 +39,7 @@ def test_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     assert resolve_mode("disabled") == "disabled"
 
 
+@pytest.mark.slow
 def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
     proc = run_cli("train.py", "-m", "sampler.ratio=2,0.5", *FAST, "logger=wandb", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -55,6 +58,7 @@ def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
     assert (tmp_path / "report.csv").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
     import os
 

@@ -33,6 +33,7 @@ def trained(tmp_path_factory):
     return out, cfg, metrics, objects
 
 
+@pytest.mark.slow
 def test_default_training_writes_results_model_and_checkpoint(trained):
     out, cfg, metrics, objects = trained
     assert cfg.sampler.ratio == 0.3
@@ -45,6 +46,7 @@ def test_default_training_writes_results_model_and_checkpoint(trained):
     assert metrics["test/toy/multi/map"] == results["toy"]["multi"]["macro"]["map"]
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cfg, tmp_path):
     out, *_ = trained
     cfg = make_cfg("evaluate", ["logger=csv", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path / "eval")
@@ -52,6 +54,7 @@ def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cf
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_zero_shot_on_an_exported_hf_directory(trained, make_cfg, tmp_path):
     out, *_ = trained
     cfg = make_cfg("evaluate", ["logger=csv", f"model.name_or_path={out / 'model'}"], tmp_path / "hf")
@@ -72,6 +75,7 @@ def test_existing_results_are_never_overwritten(trained, make_cfg):
     assert (out / "results.json").read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
 def test_multirun_two_jobs(tmp_path, launcher):
     proc = run_cli("train.py", "-m", f"hydra/launcher={launcher}", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
@@ -83,6 +87,7 @@ def test_multirun_two_jobs(tmp_path, launcher):
     assert "ratio: 1" in (tmp_path / "1" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
     proc = run_cli("train.py", "sampler.ratio=1.5", *FAST, f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
@@ -91,6 +96,7 @@ def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
     cfg = make_cfg("train", [*FAST, "loss.chunk_size=4", "trainer.max_steps=3"], tmp_path / "gc")
     _, objects = train(cfg)
@@ -99,6 +105,7 @@ def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
     check_results_shape(json.loads((tmp_path / "gc" / "results.json").read_text()), "toy", languages=9)
 
 
+@pytest.mark.slow
 def test_ddp_cpu_two_processes(tmp_path):
     proc = run_cli("train.py", "trainer=ddp_cpu", *FAST, "trainer.max_steps=3", "data.batch_size=8", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -90,9 +90,14 @@ def write_miracl(root, lang="sw"):
 def test_trec_benchmark_end_to_end_agrees_with_pytrec_eval(tmp_path):
     paths = write_miracl(tmp_path)
     full = load_trec("miracl", ["sw"], pooled=False, **paths)
-    pooled = load_trec("miracl", ["sw"], pooled=True, **paths)
+    assert load_trec("miracl", ["sw"], **paths).corpus == "full"  # the default: the corpus as the benchmark defines it
+    run = tmp_path / "bm25.sw.txt"
+    run.write_text("".join(f"q0 Q0 {d}#0 {r + 1} {10 - r} bm25\n" for r, d in enumerate([50, 51, 52])))
+    pooled = load_trec("miracl", ["sw"], pooled=True, runs=[str(run)], pool_depth=2, **paths)
     assert full.corpus == "full" and len(full.languages["sw"].doc_ids) == 60
-    assert pooled.corpus.startswith("pooled") and len(pooled.languages["sw"].doc_ids) < 60
+    judged = {d for docs in full.languages["sw"].qrels.values() for d in docs}
+    assert pooled.corpus == "pooled (judged + top-2 of 1 run(s))"
+    assert set(pooled.languages["sw"].doc_ids) == judged | {"50#0", "51#0"}
     torch.manual_seed(0)
     encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
     evaluator = Evaluator(searcher=FaissSearcher("flat"))
@@ -121,3 +126,16 @@ def test_approximate_indexes_find_the_exact_neighbours_on_easy_data(index):
     _, approx = FaissSearcher(index, nlist=16, nprobe=16).search(queries, corpus, 1)
     assert (exact[:, 0] == np.arange(50)).all()
     assert (approx[:, 0] == exact[:, 0]).mean() >= 0.95
+
+
+def test_pooled_miracl_without_runs_is_one_line_and_the_table_names_the_corpus(tmp_path):
+    from hbt.errors import ConfigError
+    from hbt.eval.retrieval import results_table
+
+    paths = write_miracl(tmp_path)
+    with pytest.raises(ConfigError, match=r"eval.miracl.runs: pooled=true needs run files"):
+        load_trec("miracl", ["sw"], pooled=True, **paths)
+    bench = load_trec("miracl", ["sw"], **paths)
+    torch.manual_seed(0)
+    results = {"miracl": Evaluator(searcher=FaissSearcher("flat")).evaluate(Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}), bench)}
+    assert "miracl [full corpus]" in results_table(results)

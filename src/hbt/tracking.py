@@ -133,6 +133,10 @@ def log_final_results(loggers, results: dict, results_path: Path, model_dir: Pat
 
     for run in runs:
         log_pair_tables(run, results, "test")
+        for dataset, by_setting in results.items():  # TREC benchmarks: the corpus that was scored
+            for setting, block in by_setting.items():
+                if "corpus" in block:
+                    run.summary[f"test/{dataset}/{setting}/corpus"] = block["corpus"]
         artifact = wandb.Artifact(f"results-{run.id}", type="results")
         artifact.add_file(str(results_path))
         run.log_artifact(artifact)

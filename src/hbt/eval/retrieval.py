@@ -260,7 +260,8 @@ def results_table(results: dict) -> str:
     rows = [header]
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():
-            rows.append([dataset, setting, *(f"{block['macro'][m]:.4f}" if m in block["macro"] else "-" for m in metrics)])
+            label = f"{dataset} [{block['corpus']} corpus]" if "corpus" in block else dataset  # which corpus was scored
+            rows.append([label, setting, *(f"{block['macro'][m]:.4f}" if m in block["macro"] else "-" for m in metrics)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hbt.errors import DataError
+from hbt.errors import ConfigError, DataError
 
 
 @dataclass
@@ -109,9 +109,19 @@ def load_trec(
     split: str = "dev",
     runs: list[str] | None = None,
     pool_depth: int = 100,
-    pooled: bool = True,
+    pooled: bool = False,
 ) -> TrecBenchmark:
-    """Paths are patterns with ``{lang}`` and ``{split}``; ``corpus`` may contain a glob."""
+    """Paths are patterns with ``{lang}`` and ``{split}``; ``corpus`` may contain a glob.
+
+    The full corpus by default, as the benchmark defines it. ``pooled`` scores the judged passages plus
+    the top ``pool_depth`` of each run file; without run files that would be the judged passages alone
+    (about 10 candidates per query), which inflates nDCG@10, so it is refused."""
+    if pooled and not runs:
+        raise ConfigError(
+            f"eval.{name}.runs",
+            "pooled=true needs run files (e.g. BM25 top-100) to pool from; without them only the judged passages would be "
+            f"scored, which inflates nDCG@10. Give eval.{name}.runs=[...] or set eval.{name}.pooled=false (the full corpus)",
+        )
     data: dict[str, TrecLanguage] = {}
     for lang in languages:
         fill = lambda p: p.format(lang=lang, split=split)  # noqa: E731

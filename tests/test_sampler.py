@@ -140,3 +140,21 @@ def test_ratio_schedule_moves_the_share_of_mono_batches():
     assert np.mean([is_mono(b) for b in last]) < 0.15
     sampler.set_epoch(3)  # past the last point: held at 0
     assert not any(is_mono(b) for b in itertools.islice(iter(sampler), 200))
+
+
+def test_epochs_use_all_the_data_when_it_is_not_fully_parallel():
+    """An X-X draw in a language that has run out falls back to another draw instead of ending the epoch;
+    len() (what the learning-rate schedule is sized by) is the number of batches the epoch yields."""
+    langs = [("en", "de", "ar") if i < 30 else ("en", "de") if i < 60 else ("en",) for i in range(100)]
+    for ratio in (0.0, 0.5, 1.0):
+        sampler = HybridBatchSampler(langs, batch_size=8, ratio=ratio, seed=1)
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(sampler), (ratio, epoch)
+            used = [ref.item for batch in batches for ref in batch]
+            assert len(used) == len(set(used))
+            if ratio > 0:  # every item has English, so X-X batches can take all but the last < 8 items
+                assert len(used) > 100 - 8, (ratio, epoch, len(used))
+            else:  # X-Y only: the 60 items with 2+ languages
+                assert len(used) > 60 - 8, (ratio, epoch, len(used))

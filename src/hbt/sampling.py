@@ -77,6 +77,7 @@ class HybridBatchSampler:
         self.language_probs = self._language_probs(language_weights)
         self.epoch = 0
         self._start_step = 0
+        self._length_cache: tuple[int, int] = (-1, 0)
         # Lightning calls ``set_epoch`` on ``batch_sampler.sampler``, not on the batch sampler itself.
         self.sampler = _EpochForwarder(self)
         self._validate()
@@ -112,7 +113,15 @@ class HybridBatchSampler:
 
     # -- the sampler protocol -------------------------------------------------------------------
     def __len__(self) -> int:
-        """Steps per epoch (exact when every item has every language; an upper bound otherwise)."""
+        """Steps of the current epoch, exactly: what the learning-rate schedule is sized by. With fully
+        parallel data that is items // global batch; otherwise the epoch is drawn once to count them."""
+        if self.has_lang.all():
+            return len(self.has_lang) // self.global_batch_size
+        if self._length_cache[0] != self.epoch:
+            self._length_cache = (self.epoch, sum(1 for _ in self.global_batches(self.epoch)))
+        return self._length_cache[1]
+
+    def _max_steps(self) -> int:
         return len(self.has_lang) // self.global_batch_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -129,7 +138,7 @@ class HybridBatchSampler:
         """
         if not self.ratio_schedule:
             return self.ratio
-        progress = self.epoch + step / max(len(self), 1)
+        progress = self.epoch + step / max(self._max_steps(), 1)
         xs, ys = zip(*self.ratio_schedule)
         return float(np.interp(progress, xs, ys))
 
@@ -155,25 +164,43 @@ class HybridBatchSampler:
         order = rng.permutation(len(self.has_lang))
         pool = _Pool(order)
         any_lang, two_langs = self.has_lang.any(1), self.has_lang.sum(1) >= 2
-        for step in range(len(self)):
+        for step in range(self._max_steps()):
             ratio = self.ratio_at(step)
             if self.mode == "example":
                 picked = pool.take(self.global_batch_size, any_lang)
                 if picked is None:
                     return
                 yield [self._example_pair(int(i), ratio, rng) for i in picked]
-            elif rng.random() < ratio:
-                lang = int(rng.choice(len(self.languages), p=self.language_probs))
-                picked = pool.take(self.global_batch_size, self.has_lang[:, lang])
-                if picked is None:
-                    return
+                continue
+            batch = self._mono_batch(pool, rng) if rng.random() < ratio else self._cross_batch(pool, two_langs, rng)
+            # A draw that cannot be filled (data that is not fully parallel, late in the epoch) falls back
+            # to the other kinds of batch the remaining items can still fill; the epoch ends when none can.
+            if batch is None:
+                batch = self._cross_batch(pool, two_langs, rng) if ratio < 1 else None
+            if batch is None and ratio > 0:
+                batch = self._mono_batch(pool, rng, any_language=True)
+            if batch is None:
+                return
+            yield batch
+
+    def _mono_batch(self, pool: "_Pool", rng: np.random.Generator, any_language: bool = False) -> list[PairRef] | None:
+        """An X-X batch in a language drawn by ``language_probs``; a language that cannot fill it is
+        left out of the draw and another drawn (with ``any_language``, also those of weight zero)."""
+        probs = self.language_probs.copy()
+        if any_language:
+            probs = np.where(probs > 0, probs, 1e-12)
+        while probs.sum() > 0:
+            lang = int(rng.choice(len(self.languages), p=probs / probs.sum()))
+            picked = pool.take(self.global_batch_size, self.has_lang[:, lang])
+            if picked is not None:
                 name = self.languages[lang]
-                yield [PairRef(int(i), name, name) for i in picked]
-            else:
-                picked = pool.take(self.global_batch_size, two_langs)
-                if picked is None:
-                    return
-                yield [self._cross_pair(int(i), rng) for i in picked]
+                return [PairRef(int(i), name, name) for i in picked]
+            probs[lang] = 0.0
+        return None
+
+    def _cross_batch(self, pool: "_Pool", two_langs: np.ndarray, rng: np.random.Generator) -> list[PairRef] | None:
+        picked = pool.take(self.global_batch_size, two_langs)
+        return None if picked is None else [self._cross_pair(int(i), rng) for i in picked]
 
     def _cross_pair(self, item: int, rng: np.random.Generator) -> PairRef:
         """Uniform over the item's ordered language pairs (q != p)."""
@@ -204,6 +231,7 @@ class _Pool:
         self.order = order
         self.next = 0
         self.deferred: list[int] = []
+        self.position = {int(item): i for i, item in enumerate(order)}
 
     def take(self, n: int, qualifies: np.ndarray) -> list[int] | None:
         picked: list[int] = []
@@ -214,7 +242,8 @@ class _Pool:
             item = int(self.order[self.next])
             self.next += 1
             (picked if qualifies[item] else kept).append(item)
-        self.deferred = kept
-        if len(picked) < n:
+        if len(picked) < n:  # not enough: nothing is consumed, the items stay for other draws
+            self.deferred = sorted(picked + kept, key=self.position.__getitem__)
             return None
+        self.deferred = kept
         return picked

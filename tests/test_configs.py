@@ -1,5 +1,4 @@
 """Every shipped config composes with the overrides a user would add, and every _target_ imports."""
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, compose_config

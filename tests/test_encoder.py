@@ -1,7 +1,7 @@
 """One encoder wrapper for every family; exports that sentence-transformers loads to the same embeddings."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel, ByT5Tokenizer, MBartConfig, MBartModel, MT5Config, MT5Model, XLMRobertaConfig, XLMRobertaModel
+from transformers import ByT5Tokenizer, MBartConfig, MBartModel, MT5Config, MT5Model, XLMRobertaConfig, XLMRobertaModel
 
 from hbt.errors import ConfigError
 from hbt.models.encoder import Encoder

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 
 @pytest.mark.slow

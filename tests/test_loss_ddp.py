@@ -132,3 +132,97 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
         for setting in expected:
             for metric, value in expected[setting]["macro"].items():
                 assert got[setting]["macro"][metric] == pytest.approx(value, abs=1e-6)
+
+
+def duplicate_batch(module):
+    """8 pairs (English queries, German passages, English hard negatives) where items 0 and 5 share their
+    passage text, items 2 and 6 share their query text, and item 7's hard negative is item 1's positive."""
+    items = toy_items("validation", ["en", "de"])[:BATCH]
+    examples = [{"query": it.questions["en"], "passage": it.passages["de"], "query_lang": "en", "passage_lang": "de",
+                 "negatives": [items[(i + 3) % BATCH].passages["en"]]} for i, it in enumerate(items)]
+    examples[5]["passage"] = examples[0]["passage"]
+    examples[6]["query"] = examples[2]["query"]
+    examples[7]["negatives"] = [examples[1]["passage"]]
+    return PairCollator(module.encoder.text_tokenizer)(examples)
+
+
+def test_duplicate_masks_by_hand():
+    from hbt.loss import duplicate_masks
+
+    query_keys = torch.tensor([10, 11, 12, 13, 14, 15, 12, 17])
+    positive_keys = torch.tensor([20, 21, 22, 23, 24, 20, 26, 27])
+    negative_keys = torch.tensor([30, 31, 32, 26, 34, 20, 36, 21])  # one hard negative per item
+    mask, back = duplicate_masks(query_keys, positive_keys, torch.cat([positive_keys, negative_keys]), torch.arange(8))
+    expected = torch.zeros(8, 16, dtype=torch.bool)
+    expected[0, 5] = expected[5, 0] = True  # the same passage text is no negative for the other
+    expected[0, 8 + 5] = expected[5, 8 + 5] = True  # item 5's hard negative is that passage too
+    expected[2, 6] = expected[6, 2] = True  # same query: each one's positive is masked for the other
+    expected[2, 8 + 3] = True  # item 3's hard negative equals item 6's positive, related to query 2
+    expected[6, 8 + 3] = True  # ... and is item 6's own positive text
+    expected[1, 8 + 7] = True  # item 7's hard negative equals item 1's positive
+    assert torch.equal(mask, expected)
+    expected_back = torch.zeros(8, 8, dtype=torch.bool)
+    expected_back[0, 5] = expected_back[5, 0] = expected_back[2, 6] = expected_back[6, 2] = True
+    assert torch.equal(back, expected_back)
+
+
+def test_masking_leaves_duplicates_out_of_the_softmax():
+    import torch.nn.functional as F
+
+    module = make_module()
+    batch = duplicate_batch(module)
+    keys = module.batch_keys(batch)
+    q, p, n = (module.encoder(batch[k]) for k in ("query", "passage", "negatives"))
+    loss, stats = module.contrastive_loss(q, p, n, keys)
+    logits = q @ torch.cat([p, n]).T / 0.05
+    masked = torch.zeros_like(logits, dtype=torch.bool)
+    masked[0, 5] = masked[5, 0] = masked[2, 6] = masked[6, 2] = masked[1, 15] = True
+    expected = F.cross_entropy(logits.masked_fill(masked, float("-inf")), torch.arange(BATCH))
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert stats["masked"].item() == 5
+    unmasked, _ = module.contrastive_loss(q, p, n, None)  # negative control: the duplicates count as negatives
+    assert unmasked.item() == pytest.approx(F.cross_entropy(logits, torch.arange(BATCH)).item(), abs=1e-6)
+    assert abs(unmasked.item() - loss.item()) > 1e-3
+
+
+def _masked_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        module = make_module(symmetric=True)
+        batch = duplicate_batch(module)
+        per_rank = BATCH // world
+        local = slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
+        q, p, n = (module.encoder(local[k]) for k in ("query", "passage", "negatives"))
+        loss, stats = module.contrastive_loss(q, p, n, module.batch_keys(local))
+        loss.backward()
+        from hbt.distributed import average_gradients
+
+        average_gradients(module.encoder.parameters())
+        total = torch.tensor([loss.item(), stats["masked"].item()])
+        dist.all_reduce(total)
+        grads = {name: prm.grad for name, prm in module.encoder.named_parameters() if prm.grad is not None}
+        torch.save({"loss": total[0].item() / world, "masked": total[1].item(), "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_masking_under_two_gloo_ranks_matches_one_process(tmp_path):
+    """The duplicates sit on different ranks (items 0/5, 2/6, 1/7 cross the 4/4 split): keys are gathered,
+    so the masks, loss and gradients equal one process on the whole batch (symmetric loss included)."""
+    module = make_module(symmetric=True)
+    batch = duplicate_batch(module)
+    module.encoder.zero_grad()
+    q, p, n = (module.encoder(batch[k]) for k in ("query", "passage", "negatives"))
+    ref_loss, ref_stats = module.contrastive_loss(q, p, n, module.batch_keys(batch))
+    ref_loss.backward()
+    ref_grads = {name: prm.grad.clone() for name, prm in module.encoder.named_parameters() if prm.grad is not None}
+    mp.spawn(_masked_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["loss"] == pytest.approx(ref_loss.item(), abs=1e-5)
+        assert result["masked"] == ref_stats["masked"].item() == 5
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-4)

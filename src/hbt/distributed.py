@@ -31,3 +31,13 @@ def average_gradients(parameters) -> None:
         if param.grad is not None:
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
             param.grad.div_(world)
+
+
+def gather_plain(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank in rank order, without gradients (keys, ids)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

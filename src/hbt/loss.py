@@ -17,8 +17,9 @@ class InfoNCELoss(nn.Module):
     """``chunk_size`` turns on GradCache: the batch is encoded ``chunk_size`` texts at a time, so
     memory stays that of one chunk while the loss and gradients are those of the whole batch."""
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False, chunk_size: int | None = None):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, chunk_size: int | None = None, mask_duplicates: bool = True):
         super().__init__()
+        self.mask_duplicates = mask_duplicates
         if temperature <= 0:
             raise ConfigError("loss.temperature", f"must be > 0, got {temperature}")
         if chunk_size is not None and chunk_size < 1:
@@ -28,24 +29,79 @@ class InfoNCELoss(nn.Module):
         self.chunk_size = chunk_size
 
     def forward(
-        self, queries: torch.Tensor, passages: torch.Tensor, targets: torch.Tensor, all_queries: torch.Tensor | None = None
+        self,
+        queries: torch.Tensor,
+        passages: torch.Tensor,
+        targets: torch.Tensor,
+        all_queries: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        back_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``queries`` [B, d] score against ``passages`` [P, d] (positives, in-batch and hard negatives);
         ``targets`` [B] holds each query's positive row. With ``symmetric``, positives also retrieve their
-        query among ``all_queries`` (the gathered queries; defaults to ``queries``)."""
+        query among ``all_queries`` (the gathered queries; defaults to ``queries``). ``mask`` [B, P] and
+        ``back_mask`` [B, len(all_queries)] mark candidates that are no negatives (duplicates of the
+        positive, see ``duplicate_masks``); they are left out of the softmax."""
         logits = queries @ passages.T / self.temperature
+        sims = logits.detach() * self.temperature
+        if mask is not None:
+            logits = logits.masked_fill(mask, float("-inf"))
         loss = F.cross_entropy(logits, targets)
         if self.symmetric:
             all_queries = queries if all_queries is None else all_queries
             # Positives come first in ``passages``, row-aligned with ``all_queries``: the target is the same row.
             back = passages[targets] @ all_queries.T / self.temperature
+            if back_mask is not None:
+                back = back.masked_fill(back_mask, float("-inf"))
             loss = (loss + F.cross_entropy(back, targets)) / 2
         with torch.no_grad():
-            sims = logits * self.temperature
             positive = sims.gather(1, targets[:, None]).squeeze(1)
+            negative = torch.ones_like(sims, dtype=torch.bool).scatter_(1, targets[:, None], False)
+            if mask is not None:
+                negative &= ~mask
             stats = {
                 "accuracy": (logits.argmax(-1) == targets).float().mean(),
                 "pos_sim": positive.mean(),
-                "neg_sim": ((sims.sum(-1) - positive) / max(sims.shape[1] - 1, 1)).mean(),
+                "neg_sim": ((sims * negative).sum(-1) / negative.sum(-1).clamp(min=1)).mean(),
+                "masked": mask.sum().float() if mask is not None else torch.zeros((), device=sims.device),
             }
         return loss, stats
+
+
+def row_keys(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One int64 key per tokenized text: equal texts (same tokens) get equal keys. The token ids under the
+    attention mask weighted by position (powers of 1,000,003 modulo 2^31 - 1): ids < 2^20 and 512
+    positions keep every sum below 2^60, so nothing overflows."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    powers, value = [], 1
+    for _ in range(ids.shape[1]):
+        powers.append(value)
+        value = value * 1_000_003 % 2_147_483_647
+    return (ids * mask * torch.tensor(powers, dtype=torch.long, device=ids.device)).sum(1)
+
+
+def duplicate_masks(
+    query_keys: torch.Tensor, positive_keys: torch.Tensor, candidate_keys: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which candidates are no negatives for each local query, and which queries are no negatives for
+    each local positive (the symmetric direction).
+
+    ``query_keys`` / ``positive_keys`` [N]: the gathered global batch (row r: item r's query and positive);
+    ``candidate_keys`` [P]: the candidates' keys (the N positives, then any hard negatives);
+    ``targets`` [B]: each local query's row among the N. For query g, its *related* items are g and
+    every item with the same query text (mMARCO keys items by query and positive). A candidate is masked
+    when it is the positive of a related item, or its text equals the positive of a related item (a
+    duplicate passage in the batch, or a hard negative equal to it); the target itself never is.
+    """
+    same_query = query_keys[targets][:, None] == query_keys[None, :]  # [B, N]: related items
+    related_pos = same_query  # the positive column of a related item
+    mask = torch.zeros((len(targets), len(candidate_keys)), dtype=torch.bool, device=candidate_keys.device)
+    mask[:, : len(positive_keys)] |= related_pos
+    rows, items = same_query.nonzero(as_tuple=True)
+    for row, item in zip(rows.tolist(), items.tolist()):  # equal text to a related item's positive
+        mask[row] |= candidate_keys == positive_keys[item]
+    mask[torch.arange(len(targets), device=mask.device), targets] = False
+    same_positive = positive_keys[targets][:, None] == positive_keys[None, :]
+    back = same_query | same_positive  # queries whose positive is this passage (or that share the query)
+    back[torch.arange(len(targets), device=back.device), targets] = False
+    return mask, back

@@ -13,8 +13,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from hbt.errors import ConfigError, TrainingDiverged
-from hbt.distributed import average_gradients, gather_with_grad, rank_and_world
-from hbt.loss import InfoNCELoss
+from hbt.distributed import average_gradients, gather_plain, gather_with_grad, rank_and_world
+from hbt.loss import InfoNCELoss, duplicate_masks, row_keys
 from hbt.models.encoder import Encoder
 
 
@@ -51,15 +51,28 @@ class RetrieverModule(L.LightningModule):
         self.pairs_seen: Counter[str] = Counter()
         self._unused_checked = False
 
-    def contrastive_loss(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None):
-        """InfoNCE of local query embeddings against the passages (and hard negatives) of all ranks."""
+    def contrastive_loss(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None, keys: dict | None = None):
+        """InfoNCE of local query embeddings against the passages (and hard negatives) of all ranks.
+        With ``keys`` (``batch_keys``), duplicates of a query's positive are no negatives for it."""
         rank, _ = rank_and_world()
         candidates = gather_with_grad(passages)
         if negatives is not None:
             candidates = torch.cat([candidates, gather_with_grad(negatives)])
         targets = torch.arange(len(queries), device=queries.device) + rank * len(queries)
         all_queries = gather_with_grad(queries) if self.loss.symmetric else None
-        return self.loss(queries, candidates, targets, all_queries)
+        masks = {}
+        if keys is not None:
+            query_keys, positive_keys = gather_plain(keys["query"]), gather_plain(keys["passage"])
+            candidate_keys = torch.cat([positive_keys, gather_plain(keys["negatives"])]) if "negatives" in keys else positive_keys
+            masks["mask"], back = duplicate_masks(query_keys, positive_keys, candidate_keys, targets)
+            masks["back_mask"] = back if self.loss.symmetric else None
+        return self.loss(queries, candidates, targets, all_queries, **masks)
+
+    def batch_keys(self, batch: dict) -> dict | None:
+        """Token-level keys of the batch's texts, for the duplicate masking (None when it is off)."""
+        if not self.loss.mask_duplicates:
+            return None
+        return {kind: row_keys(batch[kind]) for kind in ("query", "passage", "negatives") if kind in batch}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if self.loss.chunk_size:
@@ -67,7 +80,7 @@ class RetrieverModule(L.LightningModule):
         else:
             queries = self.encoder(batch["query"])
             negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
-            loss, stats = self.contrastive_loss(queries, self.encoder(batch["passage"]), negatives)
+            loss, stats = self.contrastive_loss(queries, self.encoder(batch["passage"]), negatives, self.batch_keys(batch))
         if not torch.isfinite(loss):
             # Stop before the optimizer applies it; checkpoints written so far are left as they are.
             raise TrainingDiverged(self.trainer.global_step if self._trainer is not None else batch_idx, float(loss))
@@ -128,7 +141,7 @@ class RetrieverModule(L.LightningModule):
                     rng_states[kind].append(_rng_state())
                     parts.append(self.encoder(chunk))
                 embeddings[kind] = torch.cat(parts).requires_grad_()
-        loss, stats = self.contrastive_loss(embeddings["query"], embeddings["passage"], embeddings.get("negatives"))
+        loss, stats = self.contrastive_loss(embeddings["query"], embeddings["passage"], embeddings.get("negatives"), self.batch_keys(batch))
         loss.backward()
         strategy = self._trainer.strategy if self._trainer is not None else None
         with strategy.block_backward_sync() if hasattr(strategy, "block_backward_sync") else _nullcontext():

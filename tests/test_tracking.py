@@ -100,8 +100,8 @@ def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):
     class StepMarkedLoss(InfoNCELoss):
         trainer = None
 
-        def forward(self, *args):
-            loss, stats = super().forward(*args)
+        def forward(self, *args, **kwargs):
+            loss, stats = super().forward(*args, **kwargs)
             return loss, {**stats, "marker": torch.tensor(float(self.trainer.global_step))}
 
     items = toy_items("train", ["en", "ru", "zh"])

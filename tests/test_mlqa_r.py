@@ -91,3 +91,13 @@ def test_empty_language_or_setting_is_an_error(tmp_path):
     nothing_shared = RetrievalBenchmark("b", {"x": [("1", "a")], "y": [("2", "b")]}, {"x": ["a"], "y": ["b"]}, {"x": {"1": [0]}, "y": {"2": [0]}})
     with pytest.raises(DataError, match="b: cross: no language pair has a query with a relevant candidate"):
         Evaluator(settings=("cross",)).evaluate(Encoder(tiny=TINY), nothing_shared)
+
+
+def test_settings_that_do_not_apply_are_an_error_not_an_empty_result(tmp_path):
+    from hbt.eval.parallel import load_parallel_files
+
+    for lang in ("xx", "yy"):
+        (tmp_path / f"{lang}.txt").write_text("a cat\nthe dog\n")
+    bench = load_parallel_files("p", str(tmp_path / "{lang}.txt"), ["xx", "yy"])
+    with pytest.raises(DataError, match=r"p: none of evaluator.settings \['mono'\] applies; this benchmark has \['cross', 'multi'\]"):
+        Evaluator(settings=("mono",)).evaluate(Encoder(tiny=TINY), bench)

@@ -164,6 +164,8 @@ class Evaluator:
         """
         langs = bench.languages
         active = [s for s in self.settings if bench.settings is None or s in bench.settings]
+        if not active:  # e.g. evaluator.settings=[mono] on parallel text, which has no mono view
+            raise DataError(bench.name, f"none of evaluator.settings {list(self.settings)} applies; this benchmark has {list(bench.settings or ())}")
         pairs: dict[str, dict[str, dict]] = {s: {} for s in active}
         for x in langs:
             targets = langs if ("cross" in active or "multi" in active) else [x]

@@ -18,6 +18,7 @@ def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tm
     finish_wandb()
     (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     run = summarize(run_dir)
+    assert run["closed"], "the run file never got its exit record"
     assert run["name"] == "tiny-ratio0.25" and run["group"] == "sweep-a"
     assert json.loads(run["config"]["sampler"])["ratio"] == 0.25
     for key in ("train/loss", "train/accuracy", "train/emb_std", "train/mono_share", "train/epoch_mono_pair_share", "lr-AdamW/pg1", "test/toy/multi/rank_distance"):

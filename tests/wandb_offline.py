@@ -34,8 +34,9 @@ def records(path: Path) -> Iterator:
 
 def summarize(run_dir: Path, wait_s: float = 30.0) -> dict:
     """Config keys, run name, history keys and artifacts (type, name) of one offline run. W&B's service
-    process can still be appending to the file for a moment after ``wandb.finish()`` returns, so a file
-    that does not parse yet (a record cut off at its end) is read again until it does."""
+    process can still be appending to the file for a while after ``wandb.finish()`` returns, so the file
+    is read again until it parses and holds the run's closing ``exit`` record (a file read earlier ends
+    on a record boundary but lacks the last tables and artifacts)."""
     import time
 
     from google.protobuf.message import DecodeError
@@ -43,16 +44,18 @@ def summarize(run_dir: Path, wait_s: float = 30.0) -> dict:
     deadline = time.time() + wait_s
     while True:
         try:
-            return _summarize(run_dir)
+            out = _summarize(run_dir)
+            if out["closed"] or time.time() > deadline:
+                return out
         except DecodeError:
             if time.time() > deadline:
                 raise
-            time.sleep(0.5)
+        time.sleep(0.5)
 
 
 def _summarize(run_dir: Path) -> dict:
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out = {"config": {}, "history": set(), "artifacts": [], "name": None, "group": None}
+    out = {"config": {}, "history": set(), "artifacts": [], "name": None, "group": None, "closed": False}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -63,4 +66,6 @@ def _summarize(run_dir: Path) -> dict:
             out["history"] |= {item.key or "/".join(item.nested_key) for item in record.history.item}
         elif kind == "artifact":
             out["artifacts"].append((record.artifact.type, record.artifact.name))
+        elif kind == "exit":
+            out["closed"] = True
     return out

@@ -75,3 +75,71 @@ def test_every_epoch_gets_its_own_batches_through_lightning(tmp_path):
     trainer.fit(RetrieverModule(encoder, InfoNCELoss(), optimizer=torch.optim.AdamW), datamodule=dm)
     assert [len(record.pairs[e]) for e in range(3)] == [len(items) // 64] * 3
     assert record.pairs[0] != record.pairs[1] != record.pairs[2]
+
+
+def write_items(path, n: int, languages=("en", "de", "fr")) -> None:
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = "river stone light market winter garden letter island museum engine".split()
+    with path.open("w") as f:
+        for i in range(n):
+            text = lambda lang, kind: f"{kind} {lang} {i} " + " ".join(rng.choices(words, k=rng.randint(2, 20)))
+            f.write(json.dumps({"id": str(i), "questions": {l: text(l, "q") for l in languages}, "passages": {l: text(l, "p") for l in languages}}) + "\n")
+
+
+@pytest.mark.slow
+def test_ddp_builds_the_token_cache_once_and_ranks_train_on_slices_of_the_global_batch(tmp_path):
+    """Under trainer=ddp_cpu one process builds the item table and the token cache (the other rank
+    memory-maps them), and each rank's batches are its slice of what one process with the whole global
+    batch trains on."""
+    from conftest import FAST, ROOT, run_cli
+
+    data = tmp_path / "items.jsonl"
+    write_items(data, 600)
+    common = [*FAST, "data=jsonl", f"data.train.path={data}", "trainer.max_steps=5", "callbacks.retrieval_eval.at_epoch_end=false",
+              "+callbacks.record._target_=batch_recorder.RecordBatches"]
+    runs = {}
+    for name, overrides in (("ddp", ["trainer=ddp_cpu", "data.batch_size=8"]), ("single", ["trainer=cpu", "data.batch_size=16"])):
+        env = {"HF_DATASETS_CACHE": str(tmp_path / f"cache-{name}"), "PYTHONPATH": str(ROOT / "tests")}
+        proc = run_cli("train.py", *common, *overrides, f"+callbacks.record.out={tmp_path / name}", f"hydra.run.dir={tmp_path / name}", env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = proc.stdout + proc.stderr
+    assert runs["ddp"].count("token cache: building") == 1, runs["ddp"][-3000:]
+    assert runs["ddp"].count("token cache: reusing") == 1  # the other rank
+    assert runs["ddp"].count("Generating train split: 0 examples") == 1  # the item table, once
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 5
+    for step, whole in enumerate(single):
+        for r, batches in enumerate(ranks):
+            for key in ("query", "passage", "pairs"):
+                assert batches[step][key] == whole[key][r * 8 : (r + 1) * 8], (step, r, key)
+
+
+def test_token_cache_built_by_several_processes_equals_one_process(tmp_path, monkeypatch):
+    from hbt.data.loaders import load_jsonl
+
+    write_items(tmp_path / "items.jsonl", 300)
+    tok = Encoder(tiny=TINY).text_tokenizer
+    built = {}
+    for workers in (1, 2):  # each in its own cache, so both are built
+        monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / f"cache{workers}"))
+        built[workers] = load_jsonl(str(tmp_path / "items.jsonl")).tokenized(tok, workers=workers).table
+    assert len(built[1].cache_files) == 1 and len(built[2].cache_files) == 2  # one file per process
+    assert built[1][:] == built[2][:]
+
+
+def test_in_memory_items_are_saved_once_and_memory_mapped(tmp_path, monkeypatch):
+    from hbt.data.schema import languages_of
+    from hbt.data.store import ItemStore
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    items = toy_items("validation", ["en", "ru"])
+    store = ItemStore.from_items(items, languages_of(items))
+    assert not store.on_disk
+    saved = store.persisted()
+    assert saved.on_disk and saved.table[:] == store.table[:]
+    assert ItemStore.from_items(items, languages_of(items)).persisted().table.cache_files == saved.table.cache_files
+    assert len(list((tmp_path / "cache" / "hbt").iterdir())) == 1

@@ -82,9 +82,13 @@ class ParallelDataModule(L.LightningDataModule):
     ``train`` is a callable returning the training items, as an :class:`ItemStore` or a list of
     :class:`ParallelItem` (a ``_partial_`` loader from ``conf/data``);
     ``sampler`` is a ``_partial_`` :class:`HybridBatchSampler` completed here with the items, the batch
-    size and the trainer's rank and world size. With ``cache_tokens`` every text is tokenized once
-    (and, for file-backed data, cached on disk) instead of at every step. ``validation`` maps names to benchmark factories for
-    the held-out split of the same data, which the retrieval callback evaluates during training.
+    size and the trainer's rank and world size. With ``cache_tokens`` every text is tokenized once,
+    into a file next to the item table, instead of at every step (``tokenize_workers`` processes; null:
+    every core for large data). ``validation`` maps names to benchmark factories for the held-out split
+    of the same data, which the retrieval callback evaluates during training.
+
+    Under DDP, :meth:`prepare_data` (one process per node) builds the item table and the token cache;
+    every rank's :meth:`setup` and loader then memory-map those files instead of building their own.
     """
 
     def __init__(
@@ -96,10 +100,13 @@ class ParallelDataModule(L.LightningDataModule):
         num_hard_negatives: int = 0,
         num_workers: int = 0,
         cache_tokens: bool = True,
+        tokenize_workers: int | None = None,
     ):
         super().__init__()
         if num_hard_negatives < 0:
             raise ConfigError("data.num_hard_negatives", f"must be >= 0, got {num_hard_negatives}")
+        if tokenize_workers is not None and tokenize_workers < 1:
+            raise ConfigError("data.tokenize_workers", f"must be >= 1 or null, got {tokenize_workers}")
         self.train_source = train
         self.validation = dict(validation or {})
         self.sampler_factory = sampler
@@ -107,7 +114,9 @@ class ParallelDataModule(L.LightningDataModule):
         self.num_hard_negatives = num_hard_negatives
         self.num_workers = num_workers
         self.cache_tokens = cache_tokens
+        self.tokenize_workers = tokenize_workers
         self.store: ItemStore | None = None
+        self.token_store: ItemStore | None = None
         self.text_tokenizer: TextTokenizer | None = None
         self.batch_sampler: HybridBatchSampler | None = None
         self._pending_state: dict | None = None
@@ -115,10 +124,29 @@ class ParallelDataModule(L.LightningDataModule):
     def attach_tokenizer(self, text_tokenizer: TextTokenizer) -> None:
         self.text_tokenizer = text_tokenizer
 
-    def setup(self, stage: str | None = None) -> None:
+    def _load_store(self) -> None:
         if self.store is None:
             items = self.train_source()
-            self.store = items if isinstance(items, ItemStore) else ItemStore.from_items(items, languages_of(items))
+            store = items if isinstance(items, ItemStore) else ItemStore.from_items(items, languages_of(items))
+            self.store = store.persisted()
+
+    def _load_tokens(self) -> ItemStore:
+        if self.text_tokenizer is None:
+            raise RuntimeError("attach_tokenizer() must be called before training")
+        if self.token_store is None:
+            self.text_tokenizer.check_languages(self.store.languages)
+            self.token_store = self.store.tokenized(self.text_tokenizer, self.tokenize_workers)
+        return self.token_store
+
+    def prepare_data(self) -> None:
+        """Lightning calls this on one process per node before any rank's ``setup``: it builds the files
+        (item table, token cache) that all ranks then memory-map."""
+        self._load_store()
+        if self.cache_tokens:
+            self._load_tokens()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load_store()
         if self.batch_sampler is None:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             self.batch_sampler = self.sampler_factory(
@@ -132,7 +160,7 @@ class ParallelDataModule(L.LightningDataModule):
             raise RuntimeError("attach_tokenizer() must be called before training")
         self.setup()
         self.text_tokenizer.check_languages(self.store.languages)
-        store = self.store.tokenized(self.text_tokenizer) if self.cache_tokens else self.store
+        store = self._load_tokens() if self.cache_tokens else self.store
         return DataLoader(
             PairDataset(store, self.num_hard_negatives),
             batch_sampler=self.batch_sampler,

@@ -3,15 +3,42 @@
 One row per item: ``id``, then per language ``q.<lang>``, ``p.<lang>`` (null where the language is
 missing) and ``n.<lang>`` (hard-negative passages, possibly empty). Loaders write the table once
 through ``datasets`` (cached on disk and memory-mapped); the sampler only needs the language mask.
+Both the table and its token cache are files keyed by content, so one process per node builds them
+and every other rank memory-maps what it built.
 """
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.fingerprint import Hasher
 
 from hbt.data.schema import ParallelItem
+
+log = logging.getLogger(__name__)
+# Bump when the token cache's layout or the tokenization it stores changes.
+TOKEN_FORMAT = 1
+# Below this many items a single process tokenizes: worker start-up costs more than it saves.
+PARALLEL_TOKENIZE_MIN_ITEMS = 50_000
+
+
+def cache_root() -> Path:
+    """Where in-memory tables are saved for the other ranks (inside the ``datasets`` cache)."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "hbt"
+
+
+def tokenize_processes(items: int, requested: int | None = None) -> int:
+    """``data.tokenize_workers``: the number given, else every core this process may use once the data
+    is large enough to repay the worker start-up."""
+    if requested is not None:
+        return max(1, int(requested))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if items >= PARALLEL_TOKENIZE_MIN_ITEMS else 1
 
 
 def _features(languages: Sequence[str]) -> datasets.Features:
@@ -61,6 +88,26 @@ class ItemStore:
     def __len__(self) -> int:
         return len(self.table)
 
+    @property
+    def on_disk(self) -> bool:
+        return bool(self.table.cache_files)
+
+    def persisted(self) -> "ItemStore":
+        """This store as a memory-mapped file: file-backed stores as they are; in-memory ones saved once
+        under :func:`cache_root`, keyed by their content fingerprint (a save in progress is a temporary
+        directory renamed into place, so a reader never sees half a table)."""
+        if self.on_disk:
+            return self
+        target = cache_root() / f"items-{self.table._fingerprint}"
+        if not (target / "state.json").exists():
+            partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+            self.table.save_to_disk(str(partial))
+            try:
+                os.replace(partial, target)
+            except OSError:  # another node's process saved it first
+                shutil.rmtree(partial, ignore_errors=True)
+        return ItemStore(datasets.load_from_disk(str(target)), self.languages)
+
     def language_mask(self) -> np.ndarray:
         """[items, languages] booleans: both question and passage exist in that language."""
         mask = np.zeros((len(self.table), len(self.languages)), dtype=bool)
@@ -78,11 +125,12 @@ class ItemStore:
         """Columns of the given rows (one Arrow take, not one lookup per row)."""
         return self.table[list(indices)]
 
-    def tokenized(self, text_tokenizer) -> "ItemStore":
+    def tokenized(self, text_tokenizer, workers: int | None = None) -> "ItemStore":
         """The same table with every text replaced by its token ids (prefix added, truncated).
 
-        Computed once with ``datasets.map``; for file-backed tables the result is cached on disk next
-        to the source and reused by later runs with the same tokenizer and settings.
+        Computed once with ``datasets.map`` over ``workers`` processes (see :func:`tokenize_processes`);
+        for file-backed tables the result is a file next to the source, keyed by the table's and the
+        tokenizer's fingerprints, that later runs and the other ranks memory-map instead of tokenizing.
         """
 
         def encode(batch: dict) -> dict:
@@ -104,7 +152,16 @@ class ItemStore:
                     start += len(texts or [])
             return out
 
-        table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize")
+        processes = tokenize_processes(len(self.table), workers)
+        options = {"num_proc": processes if processes > 1 else None}
+        if self.on_disk:
+            fingerprint = Hasher.hash([TOKEN_FORMAT, self.table._fingerprint, text_tokenizer])
+            path = Path(self.table.cache_files[0]["filename"]).parent / f"tokens-{fingerprint}.arrow"
+            built = any(path.parent.glob(f"{path.stem}*.arrow"))
+            options.update(cache_file_name=str(path), new_fingerprint=fingerprint)
+            log.info("token cache: %s %s (%d items%s)", "reusing" if built else "building", path,
+                     len(self.table), "" if built else f", {processes} process{'es' if processes > 1 else ''}")
+        table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize", **options)
         return ItemStore(table, self.languages)
 
     def item(self, index: int) -> ParallelItem:

@@ -169,9 +169,27 @@ def _rows_from_spec(spec: str) -> Iterator[dict]:
         yield item_to_row(item, languages)
 
 
+def _languages_present(kind: str, spec: dict, paths: Sequence[Path]) -> list[str]:
+    """One validating pass over the source to find its languages, remembered (keyed like the Arrow
+    cache) so that later runs and the other ranks do not read the whole source again."""
+    from datasets.fingerprint import Hasher
+
+    from hbt.data.store import cache_root
+
+    memo = cache_root() / f"languages-{Hasher.hash([kind, spec, _signature(paths)])}.json"
+    if memo.exists():
+        return json.loads(memo.read_text())
+    languages = sorted({lang for item in _ITEM_READERS[kind]({**spec, "languages": None}) for lang in item.languages})
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    partial = memo.with_name(f"{memo.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(languages))
+    os.replace(partial, memo)
+    return languages
+
+
 def _build(kind: str, spec: dict, paths: Sequence[Path], languages: Sequence[str] | None) -> ItemStore:
-    if languages is None:  # one validating pass to find the languages present
-        languages = sorted({lang for item in _ITEM_READERS[kind]({**spec, "languages": None}) for lang in item.languages})
+    if languages is None:
+        languages = _languages_present(kind, spec, paths)
     spec = {**spec, "kind": kind, "languages": list(languages), "signature": _signature(paths)}
     try:
         return ItemStore.from_generator(_rows_from_spec, {"spec": json.dumps(spec, sort_keys=True)}, languages)

@@ -122,3 +122,71 @@ def test_training_on_a_jsonl_file_and_a_bad_one(tmp_path):
     assert proc.returncode == 1
     assert last_line(proc.stderr) == f"data error: {bad}:41: empty passage text for language 'en'"
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_a_duplicate_id_in_a_language_file_names_its_line(tmp_path):
+    (tmp_path / "en.jsonl").write_text('{"id": "a", "question": "q", "passage": "p"}\n{"id": "a", "question": "q2", "passage": "p2"}\n')
+    (tmp_path / "de.jsonl").write_text('{"id": "a", "question": "f", "passage": "t"}\n')
+    with pytest.raises(DataError, match=r"en.jsonl:2: duplicate id 'a'"):
+        load_translated(str(tmp_path / "{lang}.jsonl"), ["en", "de"])
+
+
+def write_mmarco(root, languages, queries=40, passages=120, triples=300, seed=0):
+    """A random mMARCO-layout directory where some languages lack some queries and passages."""
+    import random
+
+    rng = random.Random(seed)
+    lines = [f"q{rng.randrange(queries)}\tp{rng.randrange(passages)}\tp{rng.randrange(passages)}" for _ in range(triples)]
+    (root / "triples.tsv").write_text("\n".join(lines) + "\n")
+    for lang in languages:
+        (root / lang).mkdir()
+        qs = [f"q{i}\t{lang} question {i}" for i in range(queries) if rng.random() < 0.9]
+        ps = [f"p{i}\t{lang} passage {i}" for i in range(passages) if rng.random() < 0.9]
+        rng.shuffle(ps)  # collections need not share an order
+        (root / lang / "queries.tsv").write_text("\n".join(qs) + "\n")
+        (root / lang / "collection.tsv").write_text("\n".join(ps) + "\n")
+
+
+def reference_mmarco(root, languages, max_items, negatives_per_item):
+    """The join written the obvious way, everything in dicts: what the streamed loader must equal."""
+    triples = {}
+    for line in (root / "triples.tsv").read_text().splitlines():
+        qid, pos, neg = line.split("\t")
+        if max_items and len(triples) >= max_items and (qid, pos) not in triples:
+            break
+        negs = triples.setdefault((qid, pos), [])
+        if len(negs) < negatives_per_item:
+            negs.append(neg)
+    read = lambda path: dict(line.split("\t") for line in path.read_text().splitlines())
+    q = {lang: read(root / lang / "queries.tsv") for lang in languages}
+    p = {lang: read(root / lang / "collection.tsv") for lang in languages}
+    items = []
+    for (qid, pos), negs in triples.items():
+        langs = [lang for lang in languages if qid in q[lang] and pos in p[lang]]
+        items.append((f"{qid}-{pos}", {l: q[l][qid] for l in langs}, {l: p[l][pos] for l in langs},
+                      {l: tuple(p[l][n] for n in negs if n in p[l]) for l in langs}))
+    return items
+
+
+@pytest.mark.parametrize("max_items,negatives", [(None, 1), (50, 3)])
+def test_streamed_mmarco_join_equals_the_in_memory_join(tmp_path, monkeypatch, max_items, negatives):
+    monkeypatch.setattr("hbt.data.loaders.JOIN_CHUNK", 7)  # many chunk boundaries
+    languages = ["english", "german", "french"]
+    write_mmarco(tmp_path, languages)
+    store = load_mmarco(str(tmp_path), languages, triples="triples.tsv", queries="{lang}/queries.tsv", max_items=max_items, negatives_per_item=negatives)
+    expected = reference_mmarco(tmp_path, languages, max_items, negatives)
+    got = [store.item(i) for i in range(len(store))]
+    assert [(i.id, i.questions, i.passages, {l: n for l, n in i.hard_negatives.items()}) for i in got] == [
+        (id_, qs, ps, {l: n for l, n in ns.items() if n}) for id_, qs, ps, ns in expected
+    ]
+    assert len(got) == (max_items or len(got)) and any(len(i.languages) < 3 for i in got)
+
+
+def test_a_duplicate_query_id_in_mmarco_names_its_line(tmp_path):
+    write_mmarco(tmp_path, ["english"], queries=5, passages=5, triples=20)
+    path = tmp_path / "english" / "queries.tsv"
+    first = path.read_text().splitlines()[0]
+    path.write_text(path.read_text() + first + "\n")
+    lineno = len(path.read_text().splitlines())
+    with pytest.raises(DataError, match=rf"queries.tsv:{lineno}: duplicate id '{first.split(chr(9))[0]}'"):
+        load_mmarco(str(tmp_path), ["english"], triples="triples.tsv", queries="{lang}/queries.tsv")

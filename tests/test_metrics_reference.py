@@ -139,3 +139,50 @@ def test_pooled_miracl_without_runs_is_one_line_and_the_table_names_the_corpus(t
     torch.manual_seed(0)
     results = {"miracl": Evaluator(searcher=FaissSearcher("flat")).evaluate(Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}), bench)}
     assert "miracl [full corpus]" in results_table(results)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_sharded_search_equals_one_pass_and_ranks_merge_to_the_single_process_result(tmp_path, index):
+    """Shards of 7 documents searched one by one, and 3 simulated ranks each searching every third
+    document, give the top-k of one pass over the whole corpus (ties broken by corpus position)."""
+    from hbt.eval.sharded import TopK, encode_shards, search_shards
+    from hbt.eval.trec import Corpus
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200, 8)).astype(np.float32)
+    vectors[50] = vectors[10]  # an exact tie
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors.astype(np.float16).astype(np.float32)  # what the fp16 shards hold
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"docid": f"d{i}", "text": str(i)}) + "\n" for i in range(200)))
+    corpus = Corpus([str(tmp_path / "docs.jsonl")])
+    encode = lambda texts: vectors[[int(t) for t in texts]]
+    queries = vectors[[10, 3, 77]] + 0.05 * rng.standard_normal((3, 8)).astype(np.float32)
+    searcher = FaissSearcher(index, nlist=4, nprobe=4)
+    whole = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "one", 1000), 20)
+    sharded = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "many", 7), 20)
+    merged = TopK(3, 20)
+    for rank in range(3):
+        merged.merge(search_shards(searcher, queries, encode_shards(corpus.docs(rank, 3), encode, tmp_path / f"r{rank}", 7), 20))
+    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :20]
+    assert whole.ranked_ids() == [[f"d{i}" for i in row] for row in exact]
+    assert sharded.ranked_ids() == whole.ranked_ids() and merged.ranked_ids() == whole.ranked_ids()
+    assert whole.ranked_ids()[0].index("d10") < whole.ranked_ids()[0].index("d50")  # the tie: lower position first
+    assert len(list((tmp_path / "many").glob("shard-*.positions.npy"))) == 29
+
+
+def test_corpus_shards_are_reused_from_the_cache_and_a_bad_line_names_its_file(tmp_path):
+    from hbt.errors import DataError
+    from hbt.eval.sharded import encode_shards
+    from hbt.eval.trec import Corpus
+
+    (tmp_path / "docs.jsonl").write_text('{"docid": "a", "text": "x"}\n{"docid": "b", "text": "y"}\nnot json\n')
+    corpus = Corpus([str(tmp_path / "docs.jsonl")])
+    calls = []
+    encode = lambda texts: calls.append(texts) or np.ones((len(texts), 4), dtype=np.float32)
+    with pytest.raises(DataError, match=r"docs.jsonl:3: expected a JSON object"):
+        encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
+    assert not (tmp_path / "shards" / "complete.json").exists()  # an interrupted encoding is not reused
+    (tmp_path / "docs.jsonl").write_text('{"docid": "a", "text": "x"}\n{"docid": "b", "text": "y"}\n')
+    first = encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
+    again = encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
+    assert [len(s) for s in again] == [1, 1] and again == first and len(calls) == 2 + 2  # none for the reuse

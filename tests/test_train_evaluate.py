@@ -112,3 +112,31 @@ def test_ddp_cpu_two_processes(tmp_path):
     metrics = (tmp_path / "csv" / "metrics.csv").read_text()
     assert "train/epoch_mono_pair_share" in metrics  # logged by the ranks at epoch end
     check_results_shape(json.loads((tmp_path / "results.json").read_text()), "toy", languages=9)
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_equals_one_process(tmp_path, me5_dir):
+    """`evaluate.py trainer=ddp_cpu`: each rank encodes its shard of every benchmark (the MIRACL-format
+    corpus streamed into fp16 shards of 7 documents, searched shard by shard, top-k merged across ranks);
+    results.json equals the single-process run's."""
+    from test_metrics_reference import write_miracl
+
+    paths = write_miracl(tmp_path / "miracl")
+    common = ["model=me5_small", f"model.name_or_path={me5_dir}", "logger=csv", "eval=[toy,miracl]", "eval.miracl.languages=[sw]",
+              *(f"eval.miracl.{key}='{value}'" for key, value in paths.items()), "evaluator.shard_size=7"]
+    results = {}
+    for name, devices in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):
+        proc = run_cli("evaluate.py", *common, devices, f"hydra.run.dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+        output = proc.stdout + proc.stderr
+        searched = [line for line in output.splitlines() if "queries searched over" in line]
+        assert searched and all("over 60 documents" in line for line in searched), searched
+        assert ("MEMBER: 2/2" in output) == (name == "two")  # Fabric started the second rank
+    one, two = results["one"], results["two"]
+    assert one.keys() == two.keys() == {"toy", "miracl"}
+    for dataset in one:
+        for setting, block in one[dataset].items():
+            for pair, metrics in block["pairs"].items():
+                for metric, value in metrics.items():
+                    assert two[dataset][setting]["pairs"][pair][metric] == pytest.approx(value, abs=1e-6), (dataset, setting, pair, metric)

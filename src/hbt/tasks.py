@@ -72,8 +72,25 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
+def launch_devices(trainer_cfg: DictConfig | None):
+    """Start the evaluation processes the ``trainer`` config asks for (``trainer=ddp_cpu``: 2 CPU
+    processes; on a GPU host, by default one per GPU) with Lightning Fabric, which re-runs the script
+    per rank and joins them in one process group. Evaluation is inference only, so every multi-device
+    strategy (FSDP included) becomes DDP: each rank holds the whole encoder and encodes its shard."""
+    from lightning.fabric import Fabric
+
+    trainer_cfg = trainer_cfg or {}
+    accelerator, devices = trainer_cfg.get("accelerator", "auto"), trainer_cfg.get("devices", "auto")
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=trainer_cfg.get("num_nodes", 1) or 1, strategy="auto")
+    if fabric.world_size > 1:
+        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=trainer_cfg.get("num_nodes", 1) or 1, strategy="ddp")
+    fabric.launch()
+    return fabric
+
+
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
+    fabric = launch_devices(cfg.get("trainer"))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.ckpt_path:
         encoder = encoder_from_checkpoint(cfg.ckpt_path)
@@ -81,9 +98,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
         raise ConfigError("ckpt_path", "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>")
     else:
         encoder = instantiate(cfg.model)
-    if torch.cuda.is_available():
-        encoder = encoder.cuda()
-    results = run_evaluation(cfg, encoder)
+    encoder = encoder.to(fabric.device)
+    results = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero)
+    if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
+        return {}, {"encoder": encoder}
     metrics = flatten_macro(results, "test")
     loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()]
     write_results(out, results, cfg)

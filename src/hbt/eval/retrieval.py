@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -29,8 +30,11 @@ class Evaluator:
     """Encodes each benchmark once and scores it.
 
     LAReQA-style and parallel benchmarks (pools of thousands) are ranked exactly over the full pool;
-    TREC-style benchmarks (MIRACL) are searched top-k with ``searcher`` (faiss). With ``cache_dir``,
-    embeddings are stored on disk keyed by the encoder's weights, settings and the texts, and reused.
+    TREC-style benchmarks (MIRACL) stream their corpus into fp16 shards of ``shard_size`` documents under
+    ``shard_dir`` (a temporary directory there, removed afterwards) and search them top-k with ``searcher``
+    (faiss) shard by shard (see :mod:`hbt.eval.sharded`). With ``cache_dir``, embeddings and corpus shards
+    are stored there keyed by the encoder's weights, settings and the texts (the corpus files' paths,
+    sizes and modification times), and reused.
     """
 
     def __init__(
@@ -42,6 +46,8 @@ class Evaluator:
         searcher: FaissSearcher | None = None,
         cache_dir: str | None = None,
         score_block: int = 1 << 24,
+        shard_size: int = 200_000,
+        shard_dir: str | None = None,
     ):
         from hbt.errors import ConfigError
 
@@ -55,6 +61,10 @@ class Evaluator:
         self.searcher = searcher or FaissSearcher()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.score_block = score_block  # query x candidate scores held at once while ranking
+        if shard_size < 1:
+            raise ConfigError("evaluator.shard_size", f"must be >= 1, got {shard_size}")
+        self.shard_size = shard_size
+        self.shard_dir = shard_dir
 
     def run(self, encoder: Encoder, benchmarks: dict) -> dict:
         for bench in benchmarks.values():
@@ -132,28 +142,68 @@ class Evaluator:
         return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items() if block["pairs"]}
 
     def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "") -> dict:
-        """Monolingual top-k search per language; queries without a positive judgement are skipped."""
+        """Monolingual top-k search per language over the whole corpus, streamed into fp16 shards;
+        queries without a positive judgement are skipped."""
         pairs, skipped = {}, {}
         depth = max(bench.ks.values())
         for lang, data in bench.languages.items():
             queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
-            if not queries or not data.doc_ids:
-                reason = "no query with a positive judgement" if not queries else "an empty corpus"
-                skipped[f"{lang}-{lang}"] = reason
-                log.warning("%s: %s left out: %s", bench.name, lang, reason)
+            if not queries:
+                skipped[f"{lang}-{lang}"] = "no query with a positive judgement"
+                log.warning("%s: %s left out: no query with a positive judgement", bench.name, lang)
                 continue
             q = self.encode(encoder, [t for _, t in queries], "query", lang, fingerprint)
-            d = self.encode(encoder, data.doc_texts, "passage", lang, fingerprint)
-            _, ids = self.searcher.search(q.numpy(), d.numpy(), depth)
-            per_query = [
-                trec_query_metrics([data.doc_ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, ids)
-            ]
+            top, docs = self.search_corpus(encoder, data.corpus, q.numpy(), depth, lang, fingerprint)
+            if docs == 0:
+                skipped[f"{lang}-{lang}"] = "an empty corpus"
+                log.warning("%s: %s left out: an empty corpus", bench.name, lang)
+                continue
+            per_query = [trec_query_metrics(ranked, data.qrels[qid], bench.ks) for (qid, _), ranked in zip(queries, top.ranked_ids())]
             pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
+            log.info("%s %s: %d queries searched over %d documents", bench.name, lang, len(queries), docs)
         if not pairs:
             raise DataError(bench.name, f"no language could be evaluated ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
         macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
         block = {"macro": macro, "pairs": pairs, "corpus": bench.corpus}
         return {"mono": {**block, "skipped": skipped} if skipped else block}
+
+    def search_corpus(self, encoder: Encoder, corpus, queries, k: int, lang: str, fingerprint: str = ""):
+        """This rank encodes its share of ``corpus`` into shards and searches them; the ranks' top-k lists
+        are merged. Returns the merged :class:`~hbt.eval.sharded.TopK` and the corpus size."""
+        import tempfile
+
+        from hbt.eval.sharded import TopK, encode_shards, search_shards, shard_directory_key
+
+        rank, world = rank_and_world()
+
+        def encode(texts: list[str]):
+            return encoder.encode(texts, "passage", lang, self.batch_size, self.progress and rank == 0).numpy()
+
+        docs = corpus.docs(rank, world)
+        if self.cache_dir is not None:
+            files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in corpus.files]
+            keep = sorted(corpus.keep) if corpus.keep is not None else None
+            key = shard_directory_key(fingerprint, lang, files, keep, self.shard_size)
+            shards = encode_shards(docs, encode, self.cache_dir / f"corpus-{key}-rank{rank}of{world}", self.shard_size)
+            top = search_shards(self.searcher, queries, shards, k)
+            count = sum(len(shard) for shard in shards)
+        else:
+            if self.shard_dir:
+                Path(self.shard_dir).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.shard_dir, prefix="hbt-shards-") as tmp:
+                shards = encode_shards(docs, encode, Path(tmp), self.shard_size)
+                top = search_shards(self.searcher, queries, shards, k)
+                count = sum(len(shard) for shard in shards)
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (top, count))
+            top, count = TopK(len(queries), k), 0
+            for other, n in gathered:
+                top.merge(other)
+                count += n
+        return top, count
 
     def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor]) -> dict:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine).

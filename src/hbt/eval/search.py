@@ -32,20 +32,34 @@ class FaissSearcher:
         self.query_batch = query_batch
 
     def build(self, corpus: np.ndarray):
+        return self.build_incremental([corpus], len(corpus))
+
+    def build_incremental(self, chunks, total: int):
+        """One index over ``chunks`` (float32 arrays, ``total`` rows in all), added one at a time: IVF
+        is trained on a sample of the first chunk, so no more than one chunk is in memory beside the
+        index."""
         try:
             import faiss
         except ImportError:
             raise ConfigError("evaluator.searcher", "faiss is not installed: pip install -e '.[cpu]' (faiss-cpu) or '.[gpu]' (faiss-gpu)") from None
 
-        corpus = np.ascontiguousarray(corpus, dtype=np.float32)
-        dim = corpus.shape[1]
+        index = None
+        for corpus in chunks:
+            corpus = np.ascontiguousarray(corpus, dtype=np.float32)
+            if index is None:
+                index = self._new_index(faiss, corpus, total)
+            index.add(corpus)
+        return index
+
+    def _new_index(self, faiss, first: np.ndarray, total: int):
+        dim = first.shape[1]
         if self.index_type == "flat":
             index = faiss.IndexFlatIP(dim)
         elif self.index_type == "ivf":
-            nlist = max(1, min(self.nlist, len(corpus) // 39))  # faiss wants >= 39 training points per list
+            nlist = max(1, min(self.nlist, total // 39, len(first) // 39))  # faiss wants >= 39 training points per list
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(0)
-            sample = corpus[rng.choice(len(corpus), min(len(corpus), 256 * nlist), replace=False)]
+            sample = first[rng.choice(len(first), min(len(first), 256 * nlist), replace=False)]
             index.train(sample)
             index.nprobe = min(self.nprobe, nlist)
         else:
@@ -57,13 +71,13 @@ class FaissSearcher:
         use_gpu = self.use_gpu if self.use_gpu is not None else gpus > 0
         if use_gpu and self.index_type != "hnsw":
             index = faiss.index_cpu_to_all_gpus(index)
-        index.add(corpus)
         return index
 
     def search(self, queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and corpus positions of the top ``k`` per query (positions -1 where fewer exist)."""
-        index = self.build(corpus)
-        k = min(k, len(corpus))
+        return self.search_index(self.build(corpus), queries, min(k, len(corpus)))
+
+    def search_index(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores, ids = [], []
         for start in range(0, len(queries), self.query_batch):

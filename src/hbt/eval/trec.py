@@ -4,15 +4,18 @@ Per language: topics (``qid \\t query`` TSV), qrels (``qid Q0 docid grade``, gra
 of ``docid``/``title``/``text``, optionally gzipped, possibly split over several files). Retrieval is
 monolingual per language; metrics are nDCG@10 and Recall@100 per language and their average.
 
-The full MIRACL corpora are huge (English ~33M passages), so the corpus can be a *pooled* subset: every
-judged passage plus the top-``pool_depth`` passages of the given run files (TREC run format) — as
-MTEB's hard-negative variants do. Results say which corpus was used.
+The full MIRACL corpora are huge (English ~33M passages), so a corpus is never held in memory: it is
+read as a stream (:class:`Corpus`), each rank taking every world-th document, and the evaluator encodes
+it into fp16 shards on disk that it searches one by one. It can also be a *pooled* subset: every judged
+passage plus the top-``pool_depth`` passages of the given run files (TREC run format) — as MTEB's
+hard-negative variants do. Results say which corpus was used.
 """
 from __future__ import annotations
 
 import glob
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +23,70 @@ from hbt.errors import ConfigError, DataError
 
 
 @dataclass
+class Corpus:
+    """Documents of JSONL files (``docid``/``title``/``text``, optionally gzipped), read as a stream.
+
+    ``docs(rank, world)`` yields this rank's share, every ``world``-th document by position (among the
+    kept ones, for a pooled corpus), as ``(position, docid, text)``; a full corpus does not even parse
+    the other ranks' lines. A malformed line stops the reading with ``file:line``."""
+
+    files: list[str]
+    keep: frozenset[str] | None = None
+
+    def docs(self, rank: int = 0, world: int = 1) -> Iterator[tuple[int, str, str]]:
+        position = 0
+        for name in self.files:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(name, "rt", encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    if self.keep is None:
+                        position += 1
+                        if (position - 1) % world != rank:
+                            continue
+                    docid, text = _parse_doc(line, f"{name}:{lineno}")
+                    if self.keep is not None:
+                        if docid not in self.keep:
+                            continue
+                        position += 1
+                        if (position - 1) % world != rank:
+                            continue
+                    yield position - 1, docid, text
+
+    # Whole-corpus views, for small corpora and tests (the evaluator streams instead).
+    @property
+    def doc_ids(self) -> list[str]:
+        return [docid for _, docid, _ in self.docs()]
+
+    @property
+    def doc_texts(self) -> list[str]:
+        return [text for _, _, text in self.docs()]
+
+
+def _parse_doc(line: str, where: str) -> tuple[str, str]:
+    try:
+        doc = json.loads(line)
+        docid, text = str(doc["docid"]), doc["text"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(where, f"expected a JSON object with docid/title/text ({type(err).__name__})") from None
+    title = doc.get("title") or ""
+    return docid, f"{title} {text}".strip() if title else text
+
+
+@dataclass
 class TrecLanguage:
     queries: list[tuple[str, str]]
-    doc_ids: list[str]
-    doc_texts: list[str]
+    corpus: Corpus
     qrels: dict[str, dict[str, int]]
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self.corpus.doc_ids
+
+    @property
+    def doc_texts(self) -> list[str]:
+        return self.corpus.doc_texts
 
 
 @dataclass
@@ -35,7 +97,7 @@ class TrecBenchmark:
     ks: dict[str, int] = field(default_factory=lambda: {"ndcg": 10, "recall": 100})
 
     def summary(self) -> str:
-        parts = [f"{lang}: {len(d.queries)} q / {len(d.doc_ids)} docs" for lang, d in self.languages.items()]
+        parts = [f"{lang}: {len(d.queries)} q / {len(d.corpus.files)} corpus file(s)" for lang, d in self.languages.items()]
         return f"{self.name} [{self.corpus} corpus] ({', '.join(parts)})"
 
 
@@ -76,28 +138,11 @@ def read_run(path: Path, depth: int) -> dict[str, list[str]]:
     return {qid: [doc for _, doc in sorted(docs, key=lambda x: -x[0])[:depth]] for qid, docs in scored.items()}
 
 
-def read_corpus(pattern: str, keep: set[str] | None) -> tuple[list[str], list[str]]:
+def corpus_files(pattern: str) -> list[str]:
     files = sorted(glob.glob(pattern))
     if not files:
         raise DataError(pattern, "no corpus files match")
-    ids, texts = [], []
-    for name in files:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(name, "rt", encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                    docid, text = str(doc["docid"]), doc["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise DataError(f"{name}:{lineno}", f"expected a JSON object with docid/title/text ({type(err).__name__})") from None
-                if keep is not None and docid not in keep:
-                    continue
-                title = doc.get("title") or ""
-                ids.append(docid)
-                texts.append(f"{title} {text}".strip() if title else text)
-    return ids, texts
+    return files
 
 
 def load_trec(
@@ -131,7 +176,6 @@ def load_trec(
             keep = {doc for docs in judged.values() for doc in docs}
             for run in runs or []:
                 keep |= {doc for docs in read_run(Path(fill(run)), pool_depth).values() for doc in docs}
-        ids, texts = read_corpus(fill(corpus), keep)
-        data[lang] = TrecLanguage(read_topics(Path(fill(topics))), ids, texts, judged)
+        data[lang] = TrecLanguage(read_topics(Path(fill(topics))), Corpus(corpus_files(fill(corpus)), frozenset(keep) if keep is not None else None), judged)
     desc = f"pooled (judged + top-{pool_depth} of {len(runs or [])} run(s))" if pooled else "full"
     return TrecBenchmark(name, data, desc)

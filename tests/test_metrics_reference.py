@@ -155,7 +155,7 @@ def test_sharded_search_equals_one_pass_and_ranks_merge_to_the_single_process_re
     vectors = vectors.astype(np.float16).astype(np.float32)  # what the fp16 shards hold
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"docid": f"d{i}", "text": str(i)}) + "\n" for i in range(200)))
     corpus = Corpus([str(tmp_path / "docs.jsonl")])
-    encode = lambda texts: vectors[[int(t) for t in texts]]
+    encode = lambda texts, positions: vectors[[int(t) for t in texts]]
     queries = vectors[[10, 3, 77]] + 0.05 * rng.standard_normal((3, 8)).astype(np.float32)
     searcher = FaissSearcher(index, nlist=4, nprobe=4)
     whole = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "one", 1000), 20)
@@ -178,7 +178,7 @@ def test_corpus_shards_are_reused_from_the_cache_and_a_bad_line_names_its_file(t
     (tmp_path / "docs.jsonl").write_text('{"docid": "a", "text": "x"}\n{"docid": "b", "text": "y"}\nnot json\n')
     corpus = Corpus([str(tmp_path / "docs.jsonl")])
     calls = []
-    encode = lambda texts: calls.append(texts) or np.ones((len(texts), 4), dtype=np.float32)
+    encode = lambda texts, positions: calls.append(texts) or np.ones((len(texts), 4), dtype=np.float32)
     with pytest.raises(DataError, match=r"docs.jsonl:3: expected a JSON object"):
         encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
     assert not (tmp_path / "shards" / "complete.json").exists()  # an interrupted encoding is not reused

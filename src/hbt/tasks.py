@@ -92,12 +92,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
     fabric = launch_devices(cfg.get("trainer"))
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.ckpt_path:
-        encoder = encoder_from_checkpoint(cfg.ckpt_path)
-    elif cfg.model.get("name_or_path") is None:
-        raise ConfigError("ckpt_path", "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>")
-    else:
-        encoder = instantiate(cfg.model)
+    encoder = load_encoder(cfg)
     encoder = encoder.to(fabric.device)
     results = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero)
     if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
@@ -123,6 +118,16 @@ def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> d
     if verbose:
         print(results_table(results), flush=True)
     return results
+
+
+def load_encoder(cfg: DictConfig) -> Encoder:
+    """The encoder an evaluation or mining run uses: a training checkpoint (``ckpt_path``), else
+    ``model`` (a hub name or local directory, exported hbt models included)."""
+    if cfg.ckpt_path:
+        return encoder_from_checkpoint(cfg.ckpt_path)
+    if cfg.model.get("name_or_path") is None:
+        raise ConfigError("ckpt_path", "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>")
+    return instantiate(cfg.model)
 
 
 def encoder_from_checkpoint(path: str | os.PathLike) -> Encoder:

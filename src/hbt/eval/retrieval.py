@@ -176,7 +176,7 @@ class Evaluator:
 
         rank, world = rank_and_world()
 
-        def encode(texts: list[str]):
+        def encode(texts: list[str], positions=None):
             return encoder.encode(texts, "passage", lang, self.batch_size, self.progress and rank == 0).numpy()
 
         docs = corpus.docs(rank, world)

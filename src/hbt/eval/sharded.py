@@ -40,11 +40,12 @@ class Shard:
 
 def encode_shards(
     docs: Iterator[tuple[int, str, str]],
-    encode: Callable[[list[str]], np.ndarray],
+    encode: Callable[[list[str], np.ndarray], np.ndarray],
     directory: Path,
     shard_size: int,
 ) -> list[Shard]:
-    """Encode ``(position, docid, text)`` into shards under ``directory``. A directory holding a
+    """Encode ``(position, docid, text)`` into shards under ``directory`` (``encode(texts, positions)``
+    returns their embeddings). A directory holding a
     ``complete.json`` from an earlier run is reused as it is; shards are written under temporary names
     and renamed, so an interrupted run leaves no shard that looks finished."""
     marker = directory / "complete.json"
@@ -56,10 +57,11 @@ def encode_shards(
 
     def flush() -> None:
         shard = _shard(directory, len(shards))
-        embeddings = encode([text for _, _, text in buffer]).astype(np.float16)
+        positions = np.array([p for p, _, _ in buffer], dtype=np.int64)
+        embeddings = np.asarray(encode([text for _, _, text in buffer], positions)).astype(np.float16)
         for target, write in (
             (shard.embeddings, lambda f: np.save(f, embeddings)),
-            (shard.positions, lambda f: np.save(f, np.array([p for p, _, _ in buffer], dtype=np.int64))),
+            (shard.positions, lambda f: np.save(f, positions)),
             (shard.ids, lambda f: f.write("\n".join(docid for _, docid, _ in buffer).encode("utf-8"))),
         ):
             partial = target.with_name(target.name + ".partial")

@@ -55,6 +55,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def anonymous_rss_mb() -> float:
+    """Resident anonymous memory: RSS less the pages of mapped files, which the kernel can drop."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakMemory:
+    """Peak RSS and peak anonymous RSS (sampled every ``interval`` seconds) of this process from its
+    creation to :meth:`stop`, in MB above their values at creation."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.base, self.base_anon = peak_rss_mb(), anonymous_rss_mb()
+        self.peak_anon = self.base_anon
+        self.done = threading.Event()
+        self.interval = interval
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak_anon = max(self.peak_anon, anonymous_rss_mb())
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.peak_anon = max(self.peak_anon, anonymous_rss_mb())
+        return {"peak_rss_mb": peak_rss_mb() - self.base, "peak_anon_mb": self.peak_anon - self.base_anon}
+
+
 class Stopwatch:
     def __init__(self):
         self.start = time.perf_counter()

@@ -87,26 +87,15 @@ def baseline_rows(root: str, languages: str):
 
 def child(root: str, languages: int, method: str) -> None:
     """One measured build (run in a fresh process): prints JSON with seconds and RSS figures."""
-    import resource
-
     import datasets
 
     from hbt.data.loaders import load_mmarco
     from hbt.data.store import ItemStore, _features
 
-    import threading
+    from common import PeakMemory
 
     langs = LANGUAGES[:languages]
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    imports, anon_imports = rss(), anonymous_rss_mb()
-    peak_anon = [anon_imports]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak_anon[0] = max(peak_anon[0], anonymous_rss_mb())
-
-    threading.Thread(target=sample, daemon=True).start()
+    memory = PeakMemory()
     start = time.perf_counter()
     if method == "streamed":
         store = load_mmarco(root, langs)
@@ -115,17 +104,9 @@ def child(root: str, languages: int, method: str) -> None:
         # (a string: datasets would split a list-valued gen_kwarg into shards, one language each)
         store = ItemStore(table, langs)
     seconds = time.perf_counter() - start
-    done.set()
-    peak_anon[0] = max(peak_anon[0], anonymous_rss_mb())
+    figures = memory.stop()
     assert len(store) == items_in(Path(root)), (len(store), method)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss() - imports, "peak_anon_mb": peak_anon[0] - anon_imports, "items": len(store)}))
-
-
-def anonymous_rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    print(json.dumps({"seconds": seconds, **figures, "items": len(store)}))
 
 
 def items_in(root: Path) -> int:

@@ -21,7 +21,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -54,21 +53,12 @@ def generate(root: Path, docs: int, seed: int = 0) -> dict:
     return paths
 
 
-def anonymous_rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
-    import resource
-
     import numpy as np
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import make_encoder
+    from common import PeakMemory, make_encoder
     from hbt.eval.metrics import mean_metrics, trec_query_metrics
     from hbt.eval.retrieval import Evaluator
     from hbt.eval.search import FaissSearcher
@@ -78,16 +68,7 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
     encoder = make_encoder("tiny", MAX_LENGTH)
     paths = generate(Path(root), json.loads((Path(root) / "shape.json").read_text())["docs"])
     bench = load_trec("synthetic", ["sw"], **paths)
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    base, base_anon = rss(), anonymous_rss_mb()
-    peak = [base_anon]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], anonymous_rss_mb())
-
-    threading.Thread(target=sample, daemon=True).start()
+    memory = PeakMemory(0.05)
     start = time.perf_counter()
     evaluator = Evaluator(batch_size=batch_size, searcher=FaissSearcher("flat"), shard_size=shard_size)
     if method == "sharded":
@@ -104,8 +85,7 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
         _, top = FaissSearcher("flat").search(q.numpy(), d.numpy(), 100)
         macro = mean_metrics([trec_query_metrics([ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, top)])
     seconds = time.perf_counter() - start
-    done.set()
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss() - base, "peak_anon_mb": max(peak[0], anonymous_rss_mb()) - base_anon, "macro": macro}))
+    print(json.dumps({"seconds": seconds, **memory.stop(), "macro": macro}))
 
 
 def measure(root: Path, method: str, shard_size: int, batch_size: int) -> dict:

@@ -155,6 +155,42 @@ def count_parameters(name_or_path: str, trust_remote_code: bool = False) -> int:
     return sum(p.numel() for p in _encoder_half(model).parameters())
 
 
+def add_lora(backbone: nn.Module, options: Mapping) -> nn.Module:
+    """``model.lora``: LoRA adapters (peft) on the backbone, everything else frozen. Keys: ``r``,
+    ``alpha``, ``dropout``, ``target_modules`` (null: peft's defaults for the architecture: the
+    attention query/value projections)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("model.lora", "needs the peft package: pip install peft") from None
+    unknown = sorted(set(options) - {"r", "alpha", "dropout", "target_modules"})
+    if unknown:
+        raise ConfigError(f"model.lora.{unknown[0]}", "unknown key; expected r, alpha, dropout, target_modules")
+    r = int(options.get("r", 8))
+    if r < 1:
+        raise ConfigError("model.lora.r", f"must be >= 1, got {r}")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=float(options.get("alpha", 2 * r)),
+        lora_dropout=float(options.get("dropout", 0.0)),
+        target_modules=options.get("target_modules") or attention_query_value(backbone),
+    )
+    try:
+        return get_peft_model(backbone, config)
+    except ValueError as err:  # an architecture peft has no defaults for, or modules that do not exist
+        raise ConfigError("model.lora.target_modules", str(err).splitlines()[0]) from None
+
+
+def attention_query_value(backbone: nn.Module) -> list[str] | None:
+    """The attention query and value projections, by the names the families use (BERT/XLM-R
+    ``query``/``value``, T5 ``q``/``v``, BART ``q_proj``/``v_proj``); None: let peft decide."""
+    leaves = {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)}
+    for pair in (["query", "value"], ["q_proj", "v_proj"], ["q", "v"]):
+        if set(pair) <= leaves:
+            return pair
+    return None
+
+
 def enable_gradient_checkpointing(backbone: nn.Module) -> None:
     """Non-reentrant activation checkpointing (what DDP, FSDP and GradCache's replay need); the method's
     name changed in transformers 5."""
@@ -187,6 +223,7 @@ class Encoder(nn.Module):
         tiny: dict | None = None,
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
+        lora: Mapping | None = None,
     ):
         super().__init__()
         if pooling is not None and pooling not in POOLINGS:
@@ -215,6 +252,11 @@ class Encoder(nn.Module):
         self._whole = [whole] if whole is not None else []
         if gradient_checkpointing:
             enable_gradient_checkpointing(self.backbone)
+        self.lora = dict(lora) if lora else None
+        if self.lora:
+            self.backbone = add_lora(self.backbone, self.lora)
+            for head in self.heads:  # only the adapters train
+                head.requires_grad_(False)
         codes = tokenizer_language_codes(tokenizer)
         if codes is None and language_codes:
             raise ConfigError("model.language_codes", "this tokenizer does not tag texts with a language; leave model.language_codes empty")
@@ -279,7 +321,7 @@ class Encoder(nn.Module):
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        chunks = []
+        out = None
         starts = range(0, len(texts), batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -288,12 +330,12 @@ class Encoder(nn.Module):
         for start in starts:
             rows = order[start : start + batch_size]
             batch = self.text_tokenizer([texts[i] for i in rows], kind, lang if per_text is None else [per_text[i] for i in rows])
-            chunks.append(self({k: v.to(device) for k, v in batch.items()}).float().cpu())
+            embeddings = self({k: v.to(device) for k, v in batch.items()}).float().cpu()
+            if out is None:  # written in place: no list of batches and no second copy to concatenate
+                out = torch.empty((len(texts), embeddings.shape[1]))
+            out[torch.tensor(rows)] = embeddings
         self.train(was_training)
-        out = torch.empty((len(texts), chunks[0].shape[1]) if chunks else (0, 0))
-        if chunks:
-            out[torch.tensor(order)] = torch.cat(chunks)
-        return out
+        return out if out is not None else torch.empty((0, 0))
 
     # -- export -------------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -312,6 +354,8 @@ class Encoder(nn.Module):
         normalization and prefixes as hbt's embedding)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.lora:
+            self.merge_lora()
         for pooler in self._set_aside:
             self.backbone.pooler = pooler
         try:
@@ -325,6 +369,21 @@ class Encoder(nn.Module):
         write_json(directory / EXPORT_FILE, self.settings())
         backbone_dim = self.backbone.config.hidden_size if hasattr(self.backbone.config, "hidden_size") else self.backbone.config.d_model
         write_modules(directory, backbone_dim, self.pooling, list(self.heads), tt.query_prefix, tt.passage_prefix, tt.max_passage_length)
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the weights they adapt (W + BA·alpha/r) and drop them: the
+        encoder computes the same embeddings as a plain model, which is what is exported (and what
+        sentence-transformers loads). Training cannot continue on adapters afterwards."""
+        if not self.lora:
+            return
+        merged = self.backbone.merge_and_unload()
+        if self._whole:  # a seq2seq model is exported whole: point it at the merged encoder
+            whole = self._whole[0]
+            owner = whole.get_encoder() if hasattr(whole, "get_encoder") else None
+            if owner is not None and owner is not merged:
+                owner.load_state_dict(merged.state_dict())
+        self.backbone = merged
+        self.lora = None
 
     @classmethod
     def from_exported(cls, directory: str | Path) -> "Encoder":

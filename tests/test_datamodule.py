@@ -143,3 +143,6 @@ def test_in_memory_items_are_saved_once_and_memory_mapped(tmp_path, monkeypatch)
     assert saved.on_disk and saved.table[:] == store.table[:]
     assert ItemStore.from_items(items, languages_of(items)).persisted().table.cache_files == saved.table.cache_files
     assert len(list((tmp_path / "cache" / "hbt").iterdir())) == 1
+    other = toy_items("validation", ["en", "de"])
+    assert ItemStore.from_items(other, languages_of(other)).persisted().table[:]["p.de"][:3] == [i.passages["de"] for i in other[:3]]
+    assert len(list((tmp_path / "cache" / "hbt").iterdir())) == 2  # other content, other file

@@ -32,7 +32,7 @@ def case():
         grades.append(row)
     qrels = {f"q{i}": {docid(p): g for p, g in row.items()} for i, row in enumerate(grades)}
     run = {f"q{i}": {docid(p): float(scores[i, p]) for p in range(N_DOCS)} for i in range(N_QUERIES)}
-    reference = pytrec_eval.RelevanceEvaluator(qrels, {"map", "recall.1", "recall.10", "ndcg_cut.10"}).evaluate(run)
+    reference = pytrec_eval.RelevanceEvaluator(qrels, {"map", "recall.1", "recall.10", "ndcg_cut.10", "P.1", "P.10"}).evaluate(run)
     return scores, grades, reference
 
 
@@ -49,9 +49,46 @@ def test_ap_and_recall_from_ranks(case):
         assert ours["map"] == pytest.approx(ref["map"], abs=1e-6)
         assert ours["recall@1"] == pytest.approx(ref["recall_1"], abs=1e-6)
         assert ours["recall@10"] == pytest.approx(ref["recall_10"], abs=1e-6)
+        precision = ranking_metrics(ranks[i : i + 1], valid[i : i + 1], (1, 10), False, at_k=("precision",))
+        assert precision["precision@1"] == pytest.approx(ref["P_1"], abs=1e-6)
+        assert precision["precision@10"] == pytest.approx(ref["P_10"], abs=1e-6)
     # and averaged over queries at once
     together = ranking_metrics(ranks, valid, (1, 10), False)
     assert together["map"] == pytest.approx(np.mean([r["map"] for r in reference.values()]), abs=1e-6)
+
+
+def test_precision_and_f1_at_k_by_hand_and_against_ranx():
+    # One query, relevant candidates at ranks 1 and 3: top-1 holds 1 of 2 (P 1, R 1/2, F1 2/3), top-2
+    # holds 1 (P 1/2, R 1/2, F1 1/2), top-3 holds 2 (P 2/3, R 1, F1 4/5).
+    ranks, valid = torch.tensor([[1, 3]]), torch.tensor([[True, True]])
+    m = ranking_metrics(ranks, valid, (1, 2, 3), False, at_k=("recall", "precision", "f1"))
+    assert m["precision@1"] == 1 and m["recall@1"] == 0.5 and m["f1@1"] == pytest.approx(2 / 3)
+    assert m["precision@2"] == 0.5 and m["f1@2"] == pytest.approx(0.5)
+    assert m["precision@3"] == pytest.approx(2 / 3) and m["recall@3"] == 1 and m["f1@3"] == pytest.approx(0.8)
+    # ranx on random scores without ties (ranx leaves the order of ties unspecified)
+    from ranx import Qrels, Run, evaluate
+
+    rng = np.random.default_rng(3)
+    scores = torch.tensor(rng.random((30, 80)))
+    relevant = [list(rng.choice(80, size=int(rng.integers(1, 6)), replace=False)) for _ in range(30)]
+    width = max(len(r) for r in relevant)
+    cols = torch.tensor([r + [0] * (width - len(r)) for r in relevant])
+    valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in relevant])
+    _, ranks = pool_ranks(scores, cols, valid)
+    ours = ranking_metrics(ranks, valid, (1, 5, 10), False, at_k=("recall", "precision", "f1"))
+    qrels = Qrels({f"q{i}": {f"d{p}": 1 for p in r} for i, r in enumerate(relevant)})
+    run = Run({f"q{i}": {f"d{p}": float(scores[i, p]) for p in range(80)} for i in range(30)})
+    names = [f"{m}@{k}" for m in ("recall", "precision", "f1") for k in (1, 5, 10)]
+    reference = evaluate(qrels, run, names + ["map"])
+    for name in names + ["map"]:
+        assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
+
+
+def test_unknown_at_k_metric_is_one_line():
+    from hbt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"evaluator.at_k: expected a non-empty subset of \['recall', 'precision', 'f1'\]"):
+        Evaluator(at_k=("ndcg",))
 
 
 def test_graded_ndcg(case):

@@ -55,9 +55,17 @@ def pool_ranks(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, po
     return within + 1, whole + 1
 
 
-def ranking_metrics(ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool) -> dict[str, float]:
-    """Per-query AP (full ranking), recall@k and, optionally, rank distance, averaged over the queries
-    that have at least one relevant candidate. Returns ``{}`` when none has."""
+AT_K = ("recall", "precision", "f1")
+
+
+def ranking_metrics(
+    ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool, at_k: tuple[str, ...] = ("recall",)
+) -> dict[str, float]:
+    """Per-query AP (full ranking), the ``at_k`` metrics at each k and, optionally, rank distance,
+    averaged over the queries that have at least one relevant candidate. Returns ``{}`` when none has.
+
+    With h relevant candidates in the top k of R relevant: recall@k = h / R, precision@k = h / k, and
+    F1@k = 2·P·R / (P + R) = 2h / (k + R) per query (0 when h = 0), then averaged (as ranx's ``f1@k``)."""
     count = valid.sum(1)
     keep = count > 0
     ranks, valid, count = ranks[keep], valid[keep], count[keep].double()
@@ -70,7 +78,10 @@ def ranking_metrics(ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...
     precision = torch.where(real, place[None, :] / ordered.double(), torch.zeros((), dtype=torch.float64))
     metrics = {"map": float((precision.sum(1) / count).mean())}
     for k in ks:
-        metrics[f"recall@{k}"] = float((((ranks <= k) & valid).sum(1) / count).mean())
+        hits = ((ranks <= k) & valid).sum(1).double()
+        values = {"recall": hits / count, "precision": hits / k, "f1": 2 * hits / (k + count)}
+        for name in at_k:
+            metrics[f"{name}@{k}"] = float(values[name].mean())
     if with_rank_distance:
         top = ranks.masked_fill(~valid, 0).amax(1)
         bottom = ranks.masked_fill(~valid, big).amin(1)

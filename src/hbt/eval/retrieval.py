@@ -48,6 +48,7 @@ class Evaluator:
         score_block: int = 1 << 24,
         shard_size: int = 200_000,
         shard_dir: str | None = None,
+        at_k: tuple[str, ...] = ("recall",),
     ):
         from hbt.errors import ConfigError
 
@@ -56,6 +57,12 @@ class Evaluator:
             raise ConfigError("evaluator.settings", f"unknown settings {unknown}; expected a subset of {list(SETTINGS)}")
         self.batch_size = batch_size
         self.ks = tuple(int(k) for k in ks)
+        from hbt.eval.metrics import AT_K
+
+        unknown_at_k = [m for m in at_k if m not in AT_K]
+        if unknown_at_k or not at_k:
+            raise ConfigError("evaluator.at_k", f"expected a non-empty subset of {list(AT_K)}, got {list(at_k)}")
+        self.at_k = tuple(at_k)
         self.settings = tuple(settings)
         self.progress = progress
         self.searcher = searcher or FaissSearcher()
@@ -273,7 +280,7 @@ class Evaluator:
         return within, whole, valid, lang_of
 
     def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool) -> dict[str, float]:
-        metrics = ranking_metrics(ranks, valid, self.ks, with_rank_distance)
+        metrics = ranking_metrics(ranks, valid, self.ks, with_rank_distance, self.at_k)
         return {**metrics, "num_queries": int(valid.any(1).sum())} if metrics else {}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from hbt.eval.search import FaissSearcher
 
 NO_POSITION = np.iinfo(np.int64).max
+RELEASE_AFTER = 10_000  # shards at least this large hand their freed memory back (small ones: not worth a gc pass)
 
 
 @dataclass
@@ -69,8 +70,9 @@ def encode_shards(
                 write(handle)
             os.replace(partial, target)
         shards.append(shard)
+        if len(buffer) >= RELEASE_AFTER:
+            release_freed_memory()
         buffer.clear()
-        release_freed_memory()
 
     for doc in docs:
         if "\n" in doc[1]:

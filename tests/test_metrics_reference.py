@@ -223,3 +223,36 @@ def test_corpus_shards_are_reused_from_the_cache_and_a_bad_line_names_its_file(t
     first = encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
     again = encode_shards(corpus.docs(), encode, tmp_path / "shards", 1)
     assert [len(s) for s in again] == [1, 1] and again == first and len(calls) == 2 + 2  # none for the reuse
+
+
+def test_query_subsets_are_their_own_rows_from_the_same_embeddings(tmp_path):
+    """A subset's metrics equal the full run's per-query metrics averaged over its queries: for MIRACL by
+    a regex and an id file, for the built-in LAReQA-style benchmark by an id list (pools unchanged)."""
+    from hbt.data.toy import toy_benchmark
+    from hbt.errors import ConfigError
+
+    paths = write_miracl(tmp_path)
+    bench = load_trec("miracl", ["sw"], **paths)
+    torch.manual_seed(0)
+    encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
+    evaluator = Evaluator(searcher=FaissSearcher("flat"))
+    (tmp_path / "ids.txt").write_text("q0\nq3\n")
+    results = evaluator.run(encoder, {"miracl": bench}, {"miracl": {"topic3": "re:topic 3$", "listed": str(tmp_path / "ids.txt")}})
+    assert set(results) == {"miracl", "miracl[topic3]", "miracl[listed]"}
+    full = results["miracl"]["mono"]["pairs"]["sw-sw"]
+    sub = results["miracl[topic3]"]["mono"]["pairs"]["sw-sw"]
+    judged = [qid for qid, t in bench.languages["sw"].queries if any(g > 0 for g in bench.languages["sw"].qrels[qid].values())]
+    topic3 = [qid for qid, t in bench.languages["sw"].queries if t.endswith("topic 3") and qid in judged]
+    assert sub["num_queries"] == len(topic3) < full["num_queries"]
+    # the same numbers as scoring each query alone
+    alone = [evaluator.run(encoder, {"m": bench}, {"m": {"one": [qid]}})["m[one]"]["mono"]["pairs"]["sw-sw"]["ndcg@10"] for qid in topic3]
+    assert sub["ndcg@10"] == pytest.approx(np.mean(alone), abs=1e-9)
+    toy = toy_benchmark("test", ["en", "de", "ru"])
+    ids = [qid for qid, _ in toy.queries["en"][:10]]
+    out = evaluator.run(encoder, {"toy": toy}, {"toy": {"ten": ids}})
+    assert out["toy[ten]"]["mono"]["pairs"]["en-en"]["num_queries"] == 10
+    assert out["toy[ten]"]["multi"]["pairs"]["de"]["num_queries"] == 10
+    with pytest.raises(ConfigError, match=r"eval.toy.query_ids.none: matches no query"):
+        evaluator.run(encoder, {"toy": toy}, {"toy": {"none": "re:^zzz$"}})
+    with pytest.raises(ConfigError, match=r"eval.toy.query_ids.bad: 1 ids are not queries of toy"):
+        evaluator.run(encoder, {"toy": toy}, {"toy": {"bad": ["no-such-id"]}})

@@ -140,3 +140,12 @@ def test_evaluate_on_two_processes_equals_one_process(tmp_path, me5_dir):
             for pair, metrics in block["pairs"].items():
                 for metric, value in metrics.items():
                     assert two[dataset][setting]["pairs"][pair][metric] == pytest.approx(value, abs=1e-6), (dataset, setting, pair, metric)
+
+
+@pytest.mark.slow
+def test_a_query_subset_from_the_command_line_is_its_own_row(make_cfg, tmp_path):
+    cfg = make_cfg("train", [*FAST, "trainer.max_steps=2", "+eval.toy.query_ids.all='re:.'"], tmp_path / "run")
+    train(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) == {"toy", "toy[all]"}
+    assert results["toy[all]"]["multi"]["macro"] == results["toy"]["multi"]["macro"]  # every query: the same numbers

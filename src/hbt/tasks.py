@@ -111,10 +111,17 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 
 def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> dict:
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
-    benchmarks: dict[str, RetrievalBenchmark] = {name: instantiate(spec, _convert_="all") for name, spec in (cfg.get("eval") or {}).items()}
+    benchmarks: dict[str, RetrievalBenchmark] = {}
+    subsets: dict[str, dict] = {}
+    for name, spec in (cfg.get("eval") or {}).items():
+        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+        query_ids = spec.pop("query_ids", None)  # hbt's, not the loader's: see hbt.eval.subsets
+        benchmarks[name] = instantiate(spec, _convert_="all")
+        if query_ids:
+            subsets[name] = query_ids
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())
-    results = evaluator.run(encoder, benchmarks)
+    results = evaluator.run(encoder, benchmarks, subsets)
     if verbose:
         print(results_table(results), flush=True)
     return results

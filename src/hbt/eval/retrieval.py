@@ -26,6 +26,12 @@ SETTINGS = ("mono", "cross", "multi")
 log = logging.getLogger(__name__)
 
 
+def _trec_block(pairs: dict, skipped: dict, corpus: str) -> dict:
+    macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
+    block = {"macro": macro, "pairs": pairs, "corpus": corpus}
+    return {"mono": {**block, "skipped": skipped} if skipped else block}
+
+
 class Evaluator:
     """Encodes each benchmark once and scores it.
 
@@ -73,11 +79,50 @@ class Evaluator:
         self.shard_size = shard_size
         self.shard_dir = shard_dir
 
-    def run(self, encoder: Encoder, benchmarks: dict) -> dict:
+    def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> dict:
+        """Results per benchmark name; ``subsets`` (``{name: {subset: spec}}``, see
+        :mod:`hbt.eval.subsets`) adds ``<name>[<subset>]`` entries computed from the same embeddings."""
+        from hbt.eval.subsets import check_spec
+
         for bench in benchmarks.values():
             encoder.text_tokenizer.check_languages(benchmark_languages(bench))
+        subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
-        return {name: self.evaluate(encoder, bench, fingerprint) for name, bench in benchmarks.items()}
+        results = {}
+        for name, bench in benchmarks.items():
+            if name not in subsets:
+                results[name] = self.evaluate(encoder, bench, fingerprint)
+                continue
+            full, parts = self.evaluate_with_subsets(encoder, name, bench, subsets[name], fingerprint)
+            results[name] = full
+            results.update({f"{name}[{subset}]": block for subset, block in parts.items()})
+        return results
+
+    def evaluate_with_subsets(self, encoder: Encoder, name: str, bench, spec: dict, fingerprint: str = "") -> tuple[dict, dict]:
+        from hbt.eval.subsets import subset_ids
+
+        if isinstance(bench, TrecBenchmark):
+            everything = [q for data in bench.languages.values() for q in data.queries]
+            ids = {subset: subset_ids(name, subset, value, everything) for subset, value in spec.items()}
+            return self.evaluate_trec(encoder, bench, fingerprint, ids)
+        if not isinstance(bench, RetrievalBenchmark) or bench.queries_are_candidates:
+            from hbt.errors import ConfigError
+
+            raise ConfigError(f"eval.{name}.query_ids", "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences")
+        everything = [q for qs in bench.queries.values() for q in qs]
+        queries, pools = self.embed(encoder, bench, fingerprint)
+        full = self.score(bench, queries, pools)
+        parts = {}
+        for subset, value in spec.items():
+            ids = subset_ids(name, subset, value, everything)
+            keep = {lang: [i for i, (qid, _) in enumerate(qs) if qid in ids] for lang, qs in bench.queries.items()}
+            sub = RetrievalBenchmark(
+                f"{bench.name}[{subset}]",
+                {lang: [bench.queries[lang][i] for i in rows] for lang, rows in keep.items()},  # every pool stays
+                bench.candidates, bench.relevant, bench.settings, bench.queries_are_candidates, bench.candidate_kind,
+            )
+            parts[subset] = self.score(sub, {lang: queries[lang][torch.tensor(rows, dtype=torch.long)] for lang, rows in keep.items()}, pools)
+        return full, parts
 
     def encode(self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "") -> torch.Tensor:
         """Embeddings of texts of one language (language-coded tokenizers tag them with it)."""
@@ -148,10 +193,12 @@ class Evaluator:
             block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
         return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items() if block["pairs"]}
 
-    def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "") -> dict:
+    def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict | None = None):
         """Monolingual top-k search per language over the whole corpus, streamed into fp16 shards;
-        queries without a positive judgement are skipped."""
+        queries without a positive judgement are skipped. With ``subsets`` (``{subset: query ids}``)
+        returns ``(full, {subset: results})``, the subsets averaged over their own queries."""
         pairs, skipped = {}, {}
+        per_language: dict[str, list[tuple[str, dict]]] = {}
         depth = max(bench.ks.values())
         for lang, data in bench.languages.items():
             queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
@@ -166,13 +213,27 @@ class Evaluator:
                 log.warning("%s: %s left out: an empty corpus", bench.name, lang)
                 continue
             per_query = [trec_query_metrics(ranked, data.qrels[qid], bench.ks) for (qid, _), ranked in zip(queries, top.ranked_ids())]
+            per_language[lang] = [(qid, m) for (qid, _), m in zip(queries, per_query)]
             pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
             log.info("%s %s: %d queries searched over %d documents", bench.name, lang, len(queries), docs)
         if not pairs:
             raise DataError(bench.name, f"no language could be evaluated ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
-        macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
-        block = {"macro": macro, "pairs": pairs, "corpus": bench.corpus}
-        return {"mono": {**block, "skipped": skipped} if skipped else block}
+        full = _trec_block(pairs, skipped, bench.corpus)
+        if subsets is None:
+            return full
+        parts = {}
+        for subset, ids in subsets.items():
+            sub_pairs, sub_skipped = {}, dict(skipped)
+            for lang, rows in per_language.items():
+                chosen = [m for qid, m in rows if qid in ids]
+                if chosen:
+                    sub_pairs[f"{lang}-{lang}"] = {**mean_metrics(chosen), "num_queries": len(chosen)}
+                else:
+                    sub_skipped[f"{lang}-{lang}"] = "no query of the subset with a positive judgement"
+            if not sub_pairs:
+                raise DataError(f"{bench.name}[{subset}]", "no query of the subset has a positive judgement in any language")
+            parts[subset] = _trec_block(sub_pairs, sub_skipped, bench.corpus)
+        return full, parts
 
     def search_corpus(self, encoder: Encoder, corpus, queries, k: int, lang: str, fingerprint: str = ""):
         """This rank encodes its share of ``corpus`` into shards and searches them; the ranks' top-k lists

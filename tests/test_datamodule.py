@@ -90,15 +90,17 @@ def write_items(path, n: int, languages=("en", "de", "fr")) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_builds_the_token_cache_once_and_ranks_train_on_slices_of_the_global_batch(tmp_path):
+def test_ddp_builds_the_token_cache_once_and_ranks_train_on_slices_of_the_global_batch(tmp_path, family_dirs):
     """Under trainer=ddp_cpu one process builds the item table and the token cache (the other rank
     memory-maps them), and each rank's batches are its slice of what one process with the whole global
-    batch trains on."""
+    batch trains on. A real architecture with mE5's 250k-piece tokenizer: the cache key must hash that
+    tokenizer identically in both processes."""
     from conftest import FAST, ROOT, run_cli
 
     data = tmp_path / "items.jsonl"
     write_items(data, 600)
     common = [*FAST, "data=jsonl", f"data.train.path={data}", "trainer.max_steps=5", "callbacks.retrieval_eval.at_epoch_end=false",
+              "model=xlmr_base", f"model.name_or_path={family_dirs['xlmr']}", "eval.toy.languages=[en,de]",
               "+callbacks.record._target_=batch_recorder.RecordBatches"]
     runs = {}
     for name, overrides in (("ddp", ["trainer=ddp_cpu", "data.batch_size=8"]), ("single", ["trainer=cpu", "data.batch_size=16"])):

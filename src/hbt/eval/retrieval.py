@@ -238,6 +238,7 @@ class Evaluator:
     def search_corpus(self, encoder: Encoder, corpus, queries, k: int, lang: str, fingerprint: str = ""):
         """This rank encodes its share of ``corpus`` into shards and searches them; the ranks' top-k lists
         are merged. Returns the merged :class:`~hbt.eval.sharded.TopK` and the corpus size."""
+        import contextlib
         import tempfile
 
         from hbt.eval.sharded import TopK, encode_shards, search_shards, shard_directory_key
@@ -247,21 +248,19 @@ class Evaluator:
         def encode(texts: list[str], positions=None):
             return encoder.encode(texts, "passage", lang, self.batch_size, self.progress and rank == 0).numpy()
 
-        docs = corpus.docs(rank, world)
-        if self.cache_dir is not None:
-            files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in corpus.files]
-            keep = sorted(corpus.keep) if corpus.keep is not None else None
-            key = shard_directory_key(fingerprint, lang, files, keep, self.shard_size)
-            shards = encode_shards(docs, encode, self.cache_dir / f"corpus-{key}-rank{rank}of{world}", self.shard_size)
+        with contextlib.ExitStack() as stack:
+            if self.cache_dir is not None:  # kept and reused, keyed by the encoder, the corpus files and the split
+                files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in corpus.files]
+                keep = sorted(corpus.keep) if corpus.keep is not None else None
+                key = shard_directory_key(fingerprint, lang, files, keep, self.shard_size)
+                directory = self.cache_dir / f"corpus-{key}-rank{rank}of{world}"
+            else:  # removed afterwards
+                if self.shard_dir:
+                    Path(self.shard_dir).mkdir(parents=True, exist_ok=True)
+                directory = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.shard_dir, prefix="hbt-shards-")))
+            shards = encode_shards(corpus.docs(rank, world), encode, directory, self.shard_size)
             top = search_shards(self.searcher, queries, shards, k)
             count = sum(len(shard) for shard in shards)
-        else:
-            if self.shard_dir:
-                Path(self.shard_dir).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.shard_dir, prefix="hbt-shards-") as tmp:
-                shards = encode_shards(docs, encode, Path(tmp), self.shard_size)
-                top = search_shards(self.searcher, queries, shards, k)
-                count = sum(len(shard) for shard in shards)
         if world > 1:
             import torch.distributed as dist
 

@@ -376,13 +376,9 @@ class Encoder(nn.Module):
         sentence-transformers loads). Training cannot continue on adapters afterwards."""
         if not self.lora:
             return
-        merged = self.backbone.merge_and_unload()
-        if self._whole:  # a seq2seq model is exported whole: point it at the merged encoder
-            whole = self._whole[0]
-            owner = whole.get_encoder() if hasattr(whole, "get_encoder") else None
-            if owner is not None and owner is not merged:
-                owner.load_state_dict(merged.state_dict())
-        self.backbone = merged
+        # peft injected the adapters into the backbone's own modules and merges them in place, so a
+        # seq2seq model kept whole for export (its encoder is this backbone) is merged too.
+        self.backbone = self.backbone.merge_and_unload()
         self.lora = None
 
     @classmethod

@@ -20,7 +20,7 @@ class RetrievalBenchmark:
     relevant: dict[str, dict[str, list[int]]]  # candidate lang -> qid -> candidate positions
     # Settings to run (None: the evaluator's). Parallel sentences skip "mono", where query = candidate.
     settings: tuple[str, ...] | None = None
-    # Parallel sentences: each query is also a candidate of its own language (same position); the multi
+    # Parallel sentences: each query is also a candidate of its own language (same position); every
     # view then leaves that candidate out of the ranking and out of the relevant set.
     queries_are_candidates: bool = False
     # How candidates are encoded: "passage" (retrieval: asymmetric), or "query" for symmetric tasks such

@@ -23,6 +23,7 @@ from hbt.errors import DataError
 from hbt.models.encoder import Encoder
 
 SETTINGS = ("mono", "cross", "multi")
+NOT_APPLICABLE = {"mono": "parallel sentences: in the pool of the query's language its only translation is the query itself"}
 log = logging.getLogger(__name__)
 
 
@@ -182,6 +183,9 @@ class Evaluator:
             merged = {"xx_en": {"pairs": {}}, "en_xx": {"pairs": {}}}
         for part_name, part in group.parts.items():
             for setting, block in self.evaluate(encoder, part, fingerprint).items():
+                if "not_applicable" in block:
+                    merged.setdefault(setting, {"pairs": {}, "not_applicable": block["not_applicable"]})
+                    continue
                 for key, metrics in block["pairs"].items():
                     target = setting
                     if setting == "cross" and group.pivot:
@@ -191,7 +195,11 @@ class Evaluator:
                     merged.setdefault(target, {"pairs": {}})["pairs"][key] = metrics
         for block in merged.values():
             block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
-        return {setting: {"macro": block["macro"], "pairs": block["pairs"]} for setting, block in merged.items() if block["pairs"]}
+        return {
+            setting: {"macro": block["macro"], "pairs": block["pairs"], **({"not_applicable": block["not_applicable"]} if "not_applicable" in block else {})}
+            for setting, block in merged.items()
+            if block["pairs"] or "not_applicable" in block
+        }
 
     def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict | None = None):
         """Monolingual top-k search per language over the whole corpus, streamed into fp16 shards;
@@ -305,6 +313,11 @@ class Evaluator:
                 log.warning("%s %s: pair %s left out (no query has a relevant candidate there)", bench.name, setting, key)
             macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in kept.values()])
             results[setting] = {"macro": macro, "pairs": kept, **({"skipped": skipped} if skipped else {})}
+        for setting in self.settings:
+            if setting not in active:  # asked for, but the benchmark has no such view: said, not dropped
+                reason = NOT_APPLICABLE.get(setting, "the benchmark has no such view")
+                log.warning("%s: %s setting not applicable (%s)", bench.name, setting, reason)
+                results[setting] = {"macro": {}, "pairs": {}, "not_applicable": reason}
         return results
 
     def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str]):
@@ -312,9 +325,10 @@ class Evaluator:
         sizes = [len(p) for p in pools]
         offsets = [sum(sizes[:j]) for j in range(len(sizes))]
         own = targets.index(x) if x in targets else -1
+        # Parallel text: query i of x is candidate i of x's pool, never one of its own relevant candidates.
         relevant = [
-            [(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, []) if not (bench.queries_are_candidates and j == own)]
-            for qid, _ in bench.queries[x]
+            [(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, []) if not (bench.queries_are_candidates and j == own and c == i)]
+            for i, (qid, _) in enumerate(bench.queries[x])
         ]
         width = max((len(r) for r in relevant), default=0)
         flat = [(i, slot, j, c) for i, rel in enumerate(relevant) for slot, (j, c) in enumerate(rel)]

@@ -153,12 +153,13 @@ class ItemStore:
             return out
 
         processes = tokenize_processes(len(self.table), workers)
-        options = {"num_proc": processes if processes > 1 else None}
+        # Given, so that datasets does not hash ``encode`` (and the tokenizer it holds) itself.
+        fingerprint = Hasher.hash([TOKEN_FORMAT, self.table._fingerprint, text_tokenizer.fingerprint()])
+        options = {"num_proc": processes if processes > 1 else None, "new_fingerprint": fingerprint}
         if self.on_disk:
-            fingerprint = Hasher.hash([TOKEN_FORMAT, self.table._fingerprint, text_tokenizer])
             path = Path(self.table.cache_files[0]["filename"]).parent / f"tokens-{fingerprint}.arrow"
             built = any(path.parent.glob(f"{path.stem}*.arrow"))
-            options.update(cache_file_name=str(path), new_fingerprint=fingerprint)
+            options.update(cache_file_name=str(path))
             log.info("token cache: %s %s (%d items%s)", "reusing" if built else "building", path,
                      len(self.table), "" if built else f", {processes} process{'es' if processes > 1 else ''}")
         table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize", **options)

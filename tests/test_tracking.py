@@ -2,7 +2,7 @@
 import pytest
 import json
 
-from conftest import FAST, run_cli
+from conftest import FAST, last_line, run_cli
 from wandb_offline import summarize
 
 from hbt.tasks import train
@@ -41,11 +41,13 @@ def test_mode_is_offline_without_credentials(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_multirun_job_does_not_stop_the_others(tmp_path):
+def test_a_failing_multirun_job_does_not_stop_the_others_but_fails_the_sweep(tmp_path):
     proc = run_cli("train.py", "-m", "sampler.ratio=2,0.5", *FAST, "logger=wandb", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
     assert "config error: sampler.ratio: must lie in [0, 1], got 2" in proc.stderr
-    assert not (tmp_path / "0" / "results.json").exists()
+    assert last_line(proc.stderr) == (f"sweep error: 1 of 2 jobs failed (0); {tmp_path / '0'}: "
+                                      "config error: sampler.ratio: must lie in [0, 1], got 2")
+    assert not (tmp_path / "0" / "results.json").exists() and not (tmp_path / "1" / "FAILED").exists()
     assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
     runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summarize(runs[0])["name"] == "tiny-ratio0.5"

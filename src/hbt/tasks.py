@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from hbt.checkpointing import INTERRUPTS, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
-from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
+from hbt.eval.subsets import instantiate_benchmarks
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
+from hbt.sweeps import clear_failure, record_failure
 from hbt.tracking import finish_wandb, log_final_results
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = make_loggers(cfg)
     strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if is_fsdp(cfg.trainer) else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip}, **strategy)
     for logger in loggers:
@@ -70,6 +71,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """The selected loggers. An experiment's settings for a logger that is not selected (its W&B group
+    and tags under ``logger=csv``) leave an entry without ``_target_``: nothing to start."""
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if "_target_" in c]
 
 
 def launch_devices(trainer_cfg: DictConfig | None):
@@ -98,7 +105,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
         return {}, {"encoder": encoder}
     metrics = flatten_macro(results, "test")
-    loggers = [instantiate(logger_cfg) for logger_cfg in cfg.logger.values()]
+    loggers = make_loggers(cfg)
     write_results(out, results, cfg)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -111,14 +118,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
 
 def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> dict:
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
-    benchmarks: dict[str, RetrievalBenchmark] = {}
-    subsets: dict[str, dict] = {}
-    for name, spec in (cfg.get("eval") or {}).items():
-        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-        query_ids = spec.pop("query_ids", None)  # hbt's, not the loader's: see hbt.eval.subsets
-        benchmarks[name] = instantiate(spec, _convert_="all")
-        if query_ids:
-            subsets[name] = query_ids
+    benchmarks, subsets = instantiate_benchmarks(cfg.get("eval"))
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())
     results = evaluator.run(encoder, benchmarks, subsets)
@@ -198,9 +198,12 @@ def _hbt_cause(err: BaseException | None) -> HbtError | None:
 def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -> dict | None:
     """Run a task the way every entry point does: one-line errors, W&B always finished.
 
-    In a multirun a failing job is logged and the sweep goes on; a single run exits non-zero.
+    In a multirun a failing job is logged, leaves its error in ``<job dir>/FAILED`` and the sweep goes
+    on; the sweep then exits non-zero (:mod:`hbt.sweeps`). A single run exits non-zero at once.
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        clear_failure()
     try:
         try:
             metrics, _ = task(cfg)
@@ -213,15 +216,17 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         finish_wandb(exit_code=1)
         print(str(err), file=sys.stderr, flush=True)
         if multirun:
+            record_failure(str(err))
             return None
         raise SystemExit(1) from None
     except INTERRUPTS:
         finish_wandb(exit_code=1)
         raise SystemExit(1) from None
-    except Exception:
+    except Exception as err:
         finish_wandb(exit_code=1)
         if multirun:
             log.error("job failed:\n%s", traceback.format_exc())
+            record_failure(f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
             return None
         raise
     finish_wandb(exit_code=0)

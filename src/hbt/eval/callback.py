@@ -1,13 +1,15 @@
 """Runs the configured retrieval evaluations during training and logs macro metrics to every logger."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import lightning as L
+from hydra.utils import instantiate
 
 from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.hardware import full_parameters
 from hbt.eval.retrieval import Evaluator, flatten_macro
+from hbt.eval.subsets import instantiate_benchmarks
 from hbt.tracking import log_pair_tables, wandb_runs
 
 
@@ -20,14 +22,17 @@ class RetrievalEvalCallback(L.Callback):
 
     def __init__(
         self,
-        evaluator: Evaluator,
-        benchmarks: dict[str, Callable[[], RetrievalBenchmark]] | None = None,
+        evaluator: Evaluator | Mapping,
+        benchmarks: Mapping[str, Callable[[], RetrievalBenchmark] | RetrievalBenchmark | Mapping] | None = None,
         every_n_steps: int | None = None,
         at_epoch_end: bool = True,
         prefix: str = "val",
     ):
+        # From the config (conf/callbacks/default.yaml, not instantiated recursively) both arrive as
+        # configs: the evaluator is built here, the benchmarks at first use, with their query subsets.
         self.benchmark_factories = benchmarks
-        self.evaluator = evaluator
+        self.evaluator = evaluator if isinstance(evaluator, Evaluator) else instantiate(evaluator, _convert_="all")
+        self._subsets: dict = {}
         self.every_n_steps = every_n_steps
         self.at_epoch_end = at_epoch_end
         self.prefix = prefix
@@ -39,8 +44,10 @@ class RetrievalEvalCallback(L.Callback):
             factories = self.benchmark_factories
             if factories is None:
                 factories = getattr(trainer.datamodule, "validation", {}) if trainer.datamodule is not None else {}
+            configs = {name: spec for name, spec in factories.items() if isinstance(spec, Mapping)}
+            built, self._subsets = instantiate_benchmarks(configs)
             # Factories (``_partial_`` configs) are built now; already-built benchmarks are used as they are.
-            self._benchmarks = {name: make() if callable(make) else make for name, make in factories.items()}
+            self._benchmarks = {name: built[name] if name in built else make() if callable(make) else make for name, make in factories.items()}
         return self._benchmarks
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
@@ -56,7 +63,7 @@ class RetrievalEvalCallback(L.Callback):
         if not self.benchmarks(trainer):
             return
         with full_parameters(trainer):
-            self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer))
+            self.last_results = self.evaluator.run(pl_module.encoder, self.benchmarks(trainer), self._subsets)
         if trainer.is_global_zero:
             metrics = flatten_macro(self.last_results, self.prefix)
             for logger in trainer.loggers:

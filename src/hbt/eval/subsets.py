@@ -51,3 +51,19 @@ def check_spec(name: str, spec) -> Mapping:
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"eval.{name}.query_ids", "expected {subset name: ids list | ids file | 're:<pattern>'}")
     return spec
+
+
+def instantiate_benchmarks(specs: Mapping | None) -> tuple[dict, dict]:
+    """Benchmarks from their configs (``eval.<name>``), and the query subsets of each: ``query_ids`` is
+    hbt's key, not the loader's, so it is taken out before the loader is called."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    benchmarks, subsets = {}, {}
+    for name, spec in (specs or {}).items():
+        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+        query_ids = spec.pop("query_ids", None)
+        benchmarks[name] = instantiate(spec, _convert_="all")
+        if query_ids:
+            subsets[name] = query_ids
+    return benchmarks, subsets

@@ -2,7 +2,7 @@
 FSDP combinations stop before anything loads, with one line naming the keys."""
 import pytest
 import torch
-from conftest import compose_config, last_line, run_cli
+from conftest import ROOT, compose_config, last_line, run_cli
 
 from hbt.hardware import check_fsdp, default_precision, fsdp_wrap_classes, resolve_precision, uses_gpu
 from hbt.models.encoder import Encoder, count_parameters
@@ -80,6 +80,21 @@ def test_fsdp_with_gradcache_is_refused_before_training(tmp_path, make_cfg):
 def test_fsdp_wraps_each_transformer_block(family_dirs):
     names = {family: {cls.__name__ for cls in fsdp_wrap_classes(Encoder(name_or_path=str(family_dirs[family])))} for family in ("mt5", "xlmr", "mbart50")}
     assert "MT5Block" in names["mt5"] and "XLMRobertaLayer" in names["xlmr"] and "MBartEncoderLayer" in names["mbart50"]
+
+
+@pytest.mark.slow
+def test_fsdp_with_lora_keeps_original_parameters_and_wraps_the_blocks_inside_peft(family_dirs):
+    """LoRA blocks mix frozen weights and trainable adapters, which FSDP's flat parameters allow only with
+    use_orig_params (Lightning's default, kept by conf/trainer/fsdp.yaml); the blocks inside peft's
+    wrapper are still each their own unit. (Lightning runs FSDP only on GPUs: benchmarks/gpu_smoke.py.)"""
+    from omegaconf import OmegaConf
+
+    from hbt.hardware import fsdp_strategy
+
+    cfg = OmegaConf.load(ROOT / "conf" / "trainer" / "fsdp.yaml").strategy
+    strategy = fsdp_strategy(cfg, Encoder(name_or_path=str(family_dirs["mt5"]), lora={"r": 4}))
+    assert strategy.kwargs.get("use_orig_params") is True
+    assert {cls.__name__ for cls in strategy.kwargs["auto_wrap_policy"]._module_classes} == {"MT5Block"}
 
 
 def test_faiss_comes_from_one_extra_and_a_forced_gpu_without_one_is_one_line():

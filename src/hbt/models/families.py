@@ -49,7 +49,8 @@ def _sizes(hidden: int, layers: int) -> dict:
 
 def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Write one family's random-init model and tokenizer to ``out``; returns ``out``."""
-    from transformers import BertConfig, BertModel, MBartConfig, MBartModel, MT5Config, MT5Model, XLMRobertaConfig, XLMRobertaModel
+    from transformers import (BertConfig, BertModel, MBartConfig, MBartModel, MT5Config, MT5Model, T5Config, T5Model, XLMRobertaConfig,
+                              XLMRobertaModel)
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -63,6 +64,10 @@ def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: in
         "me5": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "labse": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "xlmr": lambda: XLMRobertaModel(XLMRobertaConfig(**bert_like, max_position_embeddings=514), add_pooling_layer=True),
+        # T5 itself (model_type "t5"): the architecture of larger encoder-decoders such as UL2 (20B).
+        "t5": lambda: T5Model(T5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=max(8, s["hidden"] // s["heads"]), d_ff=s["ffn"],
+                                       num_layers=s["layers"], num_heads=s["heads"], feed_forward_proj="gated-silu", pad_token_id=pad,
+                                       decoder_start_token_id=pad)),
         "mt5": lambda: MT5Model(MT5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=max(8, s["hidden"] // s["heads"]), d_ff=s["ffn"],
                                           num_layers=s["layers"], num_heads=s["heads"], pad_token_id=pad, decoder_start_token_id=pad)),
         "mbart50": lambda: MBartModel(MBartConfig(vocab_size=vocab, d_model=s["hidden"], encoder_layers=s["layers"], decoder_layers=1,
@@ -98,10 +103,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, help="a directory with an XLM-R style tokenizer.json (e.g. the offline multilingual-E5)")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"any of {', '.join(FAMILIES)}, t5")
     args = parser.parse_args()
     for family, path in build_all(args.out, args.tokenizer, args.families.split(","), hidden=args.hidden, layers=args.layers).items():
-        print(f"{family}: {path} (run with model={FAMILIES[family]} model.name_or_path={path})")
+        print(f"{family}: {path} (run with model={FAMILIES.get(family, 'mt5_xxl')} model.name_or_path={path})")
 
 
 if __name__ == "__main__":

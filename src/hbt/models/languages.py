@@ -1,7 +1,8 @@
 """Language codes for tokenizers that tag every text with its language (mBART-50, and any tokenizer
 with a ``src_lang`` and a ``lang_code_to_id`` table, such as NLLB or M2M-100).
 
-hbt's data and benchmarks name languages by ISO 639-1 (``de``) or, for Tatoeba, ISO 639-3 (``deu``).
+hbt's data and benchmarks name languages by ISO 639-1 (``de``), for Tatoeba by ISO 639-3 (``deu``) and
+for mMARCO by English name (``german``).
 mBART-50 names them ``de_DE``, ``en_XX``, ``zh_CN``. A code is found by the part before ``_``; the
 3-letter names are first mapped to their 2-letter form. ``model.language_codes`` overrides any of
 them, and a language with no code is a config error, never a silent fallback to English.
@@ -22,6 +23,12 @@ ISO3_TO_ISO1 = {
     "por": "pt", "pus": "ps", "ron": "ro", "rus": "ru", "sin": "si", "slv": "sl", "spa": "es", "swe": "sv", "swh": "sw",
     "swa": "sw", "tam": "ta", "tel": "te", "tgl": "tl", "tha": "th", "tur": "tr", "ukr": "uk", "urd": "ur", "vie": "vi",
     "xho": "xh",
+}
+
+# mMARCO names its languages by their English names (its directories): the same ISO 639-1 codes.
+NAME_TO_ISO1 = {
+    "arabic": "ar", "chinese": "zh", "dutch": "nl", "english": "en", "french": "fr", "german": "de", "hindi": "hi",
+    "indonesian": "id", "italian": "it", "japanese": "ja", "portuguese": "pt", "russian": "ru", "spanish": "es", "vietnamese": "vi",
 }
 
 
@@ -54,7 +61,7 @@ class LanguageCodes:
             return self.overrides[lang]
         if lang in self.available:
             return lang
-        key = ISO3_TO_ISO1.get(lang.lower(), lang.lower())
+        key = ISO3_TO_ISO1.get(lang.lower()) or NAME_TO_ISO1.get(lang.lower(), lang.lower())
         if key in self.by_prefix:
             return self.by_prefix[key]
         raise ConfigError(

@@ -12,7 +12,8 @@ builds one). Checks, each printed as pass / FAIL / skip with its time and detail
   ``--cpu``), export and final evaluation;
 - ``ddp``: the DDP trainer on one device (``trainer=ddp_cpu`` with ``--cpu``);
 - ``fsdp/*``: ``trainer=fsdp`` on one GPU: training with the evaluation callback, export, the exported
-  model evaluated again, exact resume from a mid-run checkpoint, and GradCache refused with one line;
+  model evaluated again, exact resume from a mid-run checkpoint, GradCache refused with one line, and LoRA
+  adapters trained under FSDP and merged into the export;
 - ``evaluate``: ``evaluate.py`` on an exported model (encodes on the GPU);
 - ``faiss``: top-k search on the GPU (faiss-gpu) against exact CPU search.
 
@@ -142,6 +143,16 @@ def fsdp_checks(path: Path, work: Path) -> None:
     line = [entry for entry in proc.stderr.strip().splitlines() if entry.strip()][-1:] or [""]
     refused = proc.returncode == 1 and line[0].startswith("config error: loss.chunk_size:")
     record("fsdp/gradcache-refused", "pass" if refused else "FAIL", time.perf_counter() - start, line[0][:120])
+    # LoRA under FSDP (experiment=scaling_past_13b): blocks mixing frozen and trainable parameters, and an
+    # export that merges the adapters while FSDP holds the module.
+    start = time.perf_counter()
+    proc = cli("train.py", *common, "model.lora={r: 4, alpha: 8}", f"hydra.run.dir={work / 'fsdp-lora'}")
+    if check_run("fsdp/lora", proc, time.perf_counter() - start, work / "fsdp-lora") is not None:
+        from safetensors import safe_open
+
+        keys = [k for f in (work / "fsdp-lora" / "model").rglob("*.safetensors") for k in safe_open(str(f), "pt").keys()]
+        merged = bool(keys) and not any("lora_" in k for k in keys)
+        record("fsdp/lora-merged", "pass" if merged else "FAIL", 0.0, f"{len(keys)} exported tensors, none an adapter" if merged else "adapters left in the export")
 
 
 def faiss_check(use_gpu: bool) -> None:

@@ -33,6 +33,7 @@ from hbt.tracking import finish_wandb, log_final_results
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+PER_QUERY_FILE = "per_query.parquet"
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -62,12 +63,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         if trainer.is_global_zero:
             export_encoder(encoder, out / "model")
         # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
-        results = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
+        results, per_query = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
     if trainer.is_global_zero:
         metrics = flatten_macro(results, "test")
         for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        write_results(out, results, cfg)
+        write_results(out, results, cfg, per_query)
         log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
@@ -101,12 +102,12 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     L.seed_everything(cfg.seed, workers=True)
     encoder = load_encoder(cfg)
     encoder = encoder.to(fabric.device)
-    results = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero)
+    results, per_query = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero)
     if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
         return {}, {"encoder": encoder}
     metrics = flatten_macro(results, "test")
     loggers = make_loggers(cfg)
-    write_results(out, results, cfg)
+    write_results(out, results, cfg, per_query)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         logger.log_metrics(metrics)
@@ -116,7 +117,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"encoder": encoder}
 
 
-def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> dict:
+def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True):
+    """Every configured benchmark: ``(results, per-query table)`` (see ``Evaluator.query_table``)."""
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
     benchmarks, subsets = instantiate_benchmarks(cfg.get("eval"))
     for bench in benchmarks.values():
@@ -124,7 +126,7 @@ def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True) -> d
     results = evaluator.run(encoder, benchmarks, subsets)
     if verbose:
         print(results_table(results), flush=True)
-    return results
+    return results, evaluator.query_table()
 
 
 def load_encoder(cfg: DictConfig) -> Encoder:
@@ -165,8 +167,16 @@ def export_encoder(encoder: Encoder, directory: Path) -> None:
     tmp.rename(directory)
 
 
-def write_results(out: Path, results: dict, cfg: DictConfig) -> None:
+def write_results(out: Path, results: dict, cfg: DictConfig, per_query=None) -> None:
+    """config.yaml, results.json and, beside it, the per-query values (``per_query.parquet``: one row per
+    query and language pair, the values results.json averages), each written atomically."""
     _atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if per_query is not None:
+        import pyarrow.parquet as pq
+
+        tmp = out / f".{PER_QUERY_FILE}.tmp"
+        pq.write_table(per_query, tmp, compression="zstd")
+        os.replace(tmp, out / PER_QUERY_FILE)
     _atomic_write(out / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=False))
     log.info("results written to %s", out / RESULTS_FILE)
 

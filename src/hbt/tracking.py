@@ -125,7 +125,8 @@ def log_pair_tables(run, results: dict, prefix: str) -> None:
 
 
 def log_final_results(loggers, results: dict, results_path: Path, model_dir: Path | None) -> None:
-    """Tables, heatmaps, and ``results.json`` (+ the exported model) as artifacts of every W&B run."""
+    """Tables, heatmaps, and ``results.json`` with ``per_query.parquet`` (+ the exported model) as
+    artifacts of every W&B run."""
     runs = wandb_runs(loggers)
     if not runs:  # no W&B logger: wandb is not needed (nor imported)
         return
@@ -139,6 +140,9 @@ def log_final_results(loggers, results: dict, results_path: Path, model_dir: Pat
                     run.summary[f"test/{dataset}/{setting}/corpus"] = block["corpus"]
         artifact = wandb.Artifact(f"results-{run.id}", type="results")
         artifact.add_file(str(results_path))
+        per_query = results_path.with_name("per_query.parquet")
+        if per_query.exists():  # the per-query values beside it (hbt.tasks.write_results)
+            artifact.add_file(str(per_query))
         run.log_artifact(artifact)
         if model_dir is not None and model_dir.exists():
             model = wandb.Artifact(f"model-{run.id}", type="model")

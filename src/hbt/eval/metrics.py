@@ -58,35 +58,45 @@ def pool_ranks(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, po
 AT_K = ("recall", "precision", "f1")
 
 
-def ranking_metrics(
+def per_query_metrics(
     ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool, at_k: tuple[str, ...] = ("recall",)
-) -> dict[str, float]:
-    """Per-query AP (full ranking), the ``at_k`` metrics at each k and, optionally, rank distance,
-    averaged over the queries that have at least one relevant candidate. Returns ``{}`` when none has.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-query AP (full ranking), the ``at_k`` metrics at each k and, optionally, rank distance, for the
+    queries that have at least one relevant candidate: ``(kept, {metric: values})`` where ``kept`` marks
+    those rows of ``ranks``.
 
     With h relevant candidates in the top k of R relevant: recall@k = h / R, precision@k = h / k, and
-    F1@k = 2·P·R / (P + R) = 2h / (k + R) per query (0 when h = 0), then averaged (as ranx's ``f1@k``)."""
+    F1@k = 2·P·R / (P + R) = 2h / (k + R) per query (0 when h = 0)."""
     count = valid.sum(1)
     keep = count > 0
     ranks, valid, count = ranks[keep], valid[keep], count[keep].double()
-    if len(ranks) == 0:
-        return {}
     big = torch.iinfo(torch.long).max
     ordered = ranks.masked_fill(~valid, big).sort(1).values
     place = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=ranks.device)
     real = place[None, :] <= count[:, None]
     precision = torch.where(real, place[None, :] / ordered.double(), torch.zeros((), dtype=torch.float64))
-    metrics = {"map": float((precision.sum(1) / count).mean())}
+    values = {"map": precision.sum(1) / count}
     for k in ks:
         hits = ((ranks <= k) & valid).sum(1).double()
-        values = {"recall": hits / count, "precision": hits / k, "f1": 2 * hits / (k + count)}
+        by_name = {"recall": hits / count, "precision": hits / k, "f1": 2 * hits / (k + count)}
         for name in at_k:
-            metrics[f"{name}@{k}"] = float(values[name].mean())
+            values[f"{name}@{k}"] = by_name[name]
     if with_rank_distance:
         top = ranks.masked_fill(~valid, 0).amax(1)
         bottom = ranks.masked_fill(~valid, big).amin(1)
-        metrics["rank_distance"] = float((top - bottom).double().mean())
-    return metrics
+        values["rank_distance"] = (top - bottom).double()
+    return keep, values
+
+
+def ranking_metrics(
+    ranks: torch.Tensor, valid: torch.Tensor, ks: tuple[int, ...], with_rank_distance: bool, at_k: tuple[str, ...] = ("recall",)
+) -> dict[str, float]:
+    """:func:`per_query_metrics` averaged over the queries that have a relevant candidate (as ranx's
+    ``f1@k``, ``map``, ...); ``{}`` when none has."""
+    keep, values = per_query_metrics(ranks, valid, ks, with_rank_distance, at_k)
+    if not bool(keep.any()):
+        return {}
+    return {name: float(v.mean()) for name, v in values.items()}
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:

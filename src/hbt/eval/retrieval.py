@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
-from hbt.eval.metrics import mean_metrics, pool_ranks, ranking_metrics, trec_query_metrics
+from hbt.eval.metrics import mean_metrics, per_query_metrics, pool_ranks, trec_query_metrics
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
 from hbt.distributed import rank_and_world
@@ -79,6 +79,8 @@ class Evaluator:
             raise ConfigError("evaluator.shard_size", f"must be >= 1, got {shard_size}")
         self.shard_size = shard_size
         self.shard_dir = shard_dir
+        # Per-query values of the last run() (see query_rows), or None outside run().
+        self.query_rows: list[dict] | None = None
 
     def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> dict:
         """Results per benchmark name; ``subsets`` (``{name: {subset: spec}}``, see
@@ -90,14 +92,34 @@ class Evaluator:
         subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         results = {}
+        self.query_rows = []
         for name, bench in benchmarks.items():
+            start = len(self.query_rows)
             if name not in subsets:
                 results[name] = self.evaluate(encoder, bench, fingerprint)
-                continue
-            full, parts = self.evaluate_with_subsets(encoder, name, bench, subsets[name], fingerprint)
-            results[name] = full
-            results.update({f"{name}[{subset}]": block for subset, block in parts.items()})
+            else:
+                full, parts = self.evaluate_with_subsets(encoder, name, bench, subsets[name], fingerprint)
+                results[name] = full
+                results.update({f"{name}[{subset}]": block for subset, block in parts.items()})
+            for row in self.query_rows[start:]:  # named as in results.json (the config key)
+                row["dataset"] = name
         return results
+
+    def query_table(self):
+        """The per-query values of the last :meth:`run` as an Arrow table: one row per query and language
+        pair (``dataset``, ``setting``, ``pair``, ``query_id``), its metrics (the same that results.json
+        averages: AP, the @k metrics, rank distance in the multi setting; nDCG and recall for TREC-style
+        benchmarks) and ``ranks``, the 1-based rank of each relevant candidate (LAReQA-style and parallel
+        benchmarks). Query subsets are rows of the full set, so they add none."""
+        import pyarrow as pa
+
+        rows = self.query_rows or []
+        keys = ["dataset", "setting", "pair", "query_id"]
+        metrics = sorted({k for row in rows for k in row if k not in keys and k != "ranks"}, key=_metric_order)
+        columns = {k: pa.array([row[k] for row in rows], pa.string()) for k in keys}
+        columns.update({m: pa.array([row.get(m) for row in rows], pa.float64()) for m in metrics})
+        columns["ranks"] = pa.array([row.get("ranks") for row in rows], pa.list_(pa.int64()))
+        return pa.table(columns)
 
     def evaluate_with_subsets(self, encoder: Encoder, name: str, bench, spec: dict, fingerprint: str = "") -> tuple[dict, dict]:
         from hbt.eval.subsets import subset_ids
@@ -122,7 +144,7 @@ class Evaluator:
                 {lang: [bench.queries[lang][i] for i in rows] for lang, rows in keep.items()},  # every pool stays
                 bench.candidates, bench.relevant, bench.settings, bench.queries_are_candidates, bench.candidate_kind,
             )
-            parts[subset] = self.score(sub, {lang: queries[lang][torch.tensor(rows, dtype=torch.long)] for lang, rows in keep.items()}, pools)
+            parts[subset] = self.score(sub, {lang: queries[lang][torch.tensor(rows, dtype=torch.long)] for lang, rows in keep.items()}, pools, record=False)
         return full, parts
 
     def encode(self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "") -> torch.Tensor:
@@ -182,7 +204,14 @@ class Evaluator:
         if group.pivot:
             merged = {"xx_en": {"pairs": {}}, "en_xx": {"pairs": {}}}
         for part_name, part in group.parts.items():
-            for setting, block in self.evaluate(encoder, part, fingerprint).items():
+            start = len(self.query_rows) if self.query_rows is not None else 0
+            part_results = self.evaluate(encoder, part, fingerprint)
+            for row in (self.query_rows or [])[start:]:  # the pair keys the merged results use
+                if row["setting"] == "cross" and group.pivot:
+                    row["setting"] = "en_xx" if row["pair"].startswith(f"{group.pivot}-") else "xx_en"
+                if row["setting"] == "multi" and row["pair"] in group.labels.get(part_name, {}):
+                    row["pair"] = f"{row['pair']}({part_name})"
+            for setting, block in part_results.items():
                 if "not_applicable" in block:
                     merged.setdefault(setting, {"pairs": {}, "not_applicable": block["not_applicable"]})
                     continue
@@ -222,6 +251,9 @@ class Evaluator:
                 continue
             per_query = [trec_query_metrics(ranked, data.qrels[qid], bench.ks) for (qid, _), ranked in zip(queries, top.ranked_ids())]
             per_language[lang] = [(qid, m) for (qid, _), m in zip(queries, per_query)]
+            if self.query_rows is not None:
+                self.query_rows.extend({"dataset": bench.name, "setting": "mono", "pair": f"{lang}-{lang}", "query_id": qid, **m}
+                                       for qid, m in per_language[lang])
             pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
             log.info("%s %s: %d queries searched over %d documents", bench.name, lang, len(queries), docs)
         if not pairs:
@@ -280,7 +312,7 @@ class Evaluator:
                 count += n
         return top, count
 
-    def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor]) -> dict:
+    def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor], record: bool = True) -> dict:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine).
 
         Each query language is scored once against the concatenation of the pools it needs (all of
@@ -295,12 +327,13 @@ class Evaluator:
         for x in langs:
             targets = langs if ("cross" in active or "multi" in active) else [x]
             within, whole, valid, lang_of = self._ranks(bench, x, queries[x], [pools[y] for y in targets], targets)
+            qids = [qid for qid, _ in bench.queries[x]] if record else None
             for j, y in enumerate(targets):
                 setting = "mono" if y == x else "cross"
                 if setting in pairs:
-                    pairs[setting][f"{x}-{y}"] = self._metrics(within, valid & (lang_of == j), with_rank_distance=False)
+                    pairs[setting][f"{x}-{y}"] = self._metrics(within, valid & (lang_of == j), False, (bench.name, setting, f"{x}-{y}", qids))
             if "multi" in pairs:
-                pairs["multi"][x] = self._metrics(whole, valid, with_rank_distance=True)
+                pairs["multi"][x] = self._metrics(whole, valid, True, (bench.name, "multi", x, qids))
         results = {}
         for setting in active:
             kept = {key: value for key, value in pairs[setting].items() if value}
@@ -353,9 +386,21 @@ class Evaluator:
                 within[rows], whole[rows] = pool_ranks(scores, cols[rows], valid[rows], pool_of)
         return within, whole, valid, lang_of
 
-    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool) -> dict[str, float]:
-        metrics = ranking_metrics(ranks, valid, self.ks, with_rank_distance, self.at_k)
-        return {**metrics, "num_queries": int(valid.any(1).sum())} if metrics else {}
+    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool, where: tuple | None = None) -> dict[str, float]:
+        """Metrics averaged over the queries with a relevant candidate; with ``where`` (dataset, setting,
+        pair, query ids) each of those queries' values is also kept in ``query_rows``."""
+        keep, values = per_query_metrics(ranks, valid, self.ks, with_rank_distance, self.at_k)
+        if not bool(keep.any()):
+            return {}
+        if where is not None and where[3] is not None and self.query_rows is not None:
+            dataset, setting, pair, qids = where
+            kept = keep.nonzero().squeeze(1).tolist()
+            columns = {name: v.tolist() for name, v in values.items()}
+            relevant = ranks[keep].masked_fill(~valid[keep], 0).tolist()
+            for n, i in enumerate(kept):
+                self.query_rows.append({"dataset": dataset, "setting": setting, "pair": pair, "query_id": qids[i],
+                                        **{name: column[n] for name, column in columns.items()}, "ranks": sorted(r for r in relevant[n] if r > 0)})
+        return {**{name: float(v.mean()) for name, v in values.items()}, "num_queries": int(keep.sum())}
 
 
 def benchmark_languages(bench) -> set[str]:

@@ -1,8 +1,15 @@
-"""Collect ``results.json`` from run or multirun directories into one table (CSV and Markdown).
+"""Collect ``results.json`` from run or multirun directories into one table (CSV and Markdown), summarize
+groups of runs over seeds, and compare two groups with a paired test on per-query values.
 
-    python -m hbt.report outputs/train/multiruns/2026-11-22_10-00-00-000000 --out report
+    python -m hbt.report outputs/train/multiruns/<sweep> --out report                 # one row per run
+    python -m hbt.report <dirs> --group-by model ratio                                 # mean and 95% CI over seeds
+    python -m hbt.report <dirs> --compare ratio=0.5 ratio=0 --metric map               # paired test per setting
 
 Rows are runs (with their Hydra overrides), columns are macro metrics ``<dataset>/<setting>/<metric>``.
+A group is ``key=value[,key=value]`` over ``model``, ``ratio``, ``seed`` or any dotted key of the run's
+config.yaml (``data.num_hard_negatives=2``). The comparison pools each group's seeds per query and tests
+the difference of the macro metric with a paired randomization test, Holm-corrected over the
+(dataset, setting) rows compared (:mod:`hbt.stats`).
 """
 from __future__ import annotations
 
@@ -81,21 +88,145 @@ def to_markdown(rows: list[dict], columns: list[str] | None = None, digits: int 
     return "\n".join(lines)
 
 
+def config_value(run: Path, key: str):
+    """``model``, ``ratio``, ``seed`` (as in the table) or a dotted key of the run's config.yaml."""
+    settings = run_settings(run)
+    if key in settings:
+        return settings[key]
+    node = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def select(runs: list[Path], spec: str) -> list[Path]:
+    """The runs matching every ``key=value`` of ``spec`` (values compared as YAML scalars: 0.5 == 0.50)."""
+    wanted = []
+    for term in filter(None, spec.split(",")):
+        if "=" not in term:
+            raise HbtError(f"config error: --compare: {term!r} is not key=value")
+        key, value = term.split("=", 1)
+        wanted.append((key.strip(), yaml.safe_load(value)))
+    return [run for run in runs if all(_same(config_value(run, key), value) for key, value in wanted)]
+
+
+def _same(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def group_summary(runs: list[Path], by: list[str]) -> list[dict]:
+    """One row per group of runs (equal values of ``by``): each macro metric's mean and 95% CI half-width over its runs."""
+    from hbt.stats import mean_ci
+
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(tuple(str(config_value(run, key)) for key in by), []).append(load_run(run))
+    out = []
+    for key, rows in groups.items():
+        summary: dict = {**dict(zip(by, key)), "runs": len(rows)}
+        for metric in columns_of(rows)[5:]:
+            values = [row[metric] for row in rows if metric in row]
+            mean, half = mean_ci(values)
+            summary[metric] = f"{mean:.4f}" + (f" ± {half:.4f}" if half is not None else "")
+        out.append(summary)
+    return out
+
+
+def per_query_values(runs: list[Path], metric: str) -> dict[tuple[str, str], dict[tuple[str, str], float]]:
+    """``{(dataset, setting): {(pair, query id): value}}``, each query's value averaged over the runs (seeds)."""
+    import pyarrow.parquet as pq
+
+    sums: dict[tuple[str, str], dict[tuple[str, str], list[float]]] = {}
+    for run in runs:
+        path = run / "per_query.parquet"
+        if not path.exists():
+            raise DataError(str(path), "missing: the run predates per-query results; evaluate it again (evaluate.py ckpt_path=...)")
+        table = pq.read_table(path)
+        if metric not in table.column_names:
+            continue
+        for row in table.select(["dataset", "setting", "pair", "query_id", metric]).to_pylist():
+            if row[metric] is not None:
+                sums.setdefault((row["dataset"], row["setting"]), {}).setdefault((row["pair"], row["query_id"]), []).append(row[metric])
+    return {block: {q: sum(v) / len(v) for q, v in queries.items()} for block, queries in sums.items()}
+
+
+def compare(runs_a: list[Path], runs_b: list[Path], metric: str = "map", permutations: int = 10_000, alpha: float = 0.05, seed: int = 0) -> list[dict]:
+    """Per (dataset, setting): both groups' macro ``metric`` over their shared queries, the difference
+    A - B, Cohen's d_z of the per-query differences, the paired randomization p-value and its Holm
+    adjustment over all rows, and a verdict at ``alpha``."""
+    import numpy as np
+
+    from hbt.stats import holm, paired_randomization
+
+    a, b = per_query_values(runs_a, metric), per_query_values(runs_b, metric)
+    rows = []
+    for block in [k for k in a if k in b]:
+        shared = sorted(set(a[block]) & set(b[block]))
+        if not shared:
+            continue
+        per_pair: dict[str, int] = {}
+        for pair, _ in shared:
+            per_pair[pair] = per_pair.get(pair, 0) + 1
+        weights = np.array([1.0 / (len(per_pair) * per_pair[pair]) for pair, _ in shared])
+        va, vb = np.array([a[block][q] for q in shared]), np.array([b[block][q] for q in shared])
+        diff = va - vb
+        spread = diff.std(ddof=1) if len(diff) > 1 else 0.0
+        rows.append({
+            "dataset": block[0], "setting": block[1], "metric": metric, "queries": len(shared), "A": float(weights @ va), "B": float(weights @ vb),
+            "A - B": float(weights @ diff), "d_z": float(diff.mean() / spread) if spread > 0 else 0.0,
+            "p": paired_randomization(diff, weights, permutations, seed),
+        })
+    for row, adjusted in zip(rows, holm([row["p"] for row in rows])):
+        row["p (Holm)"] = adjusted
+        row["verdict"] = ("A higher" if row["A - B"] > 0 else "B higher") if adjusted < alpha else "no significant difference"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Collect results.json files into one table.")
+    parser = argparse.ArgumentParser(description="Collect results.json files into one table; summarize or compare groups of runs.")
     parser.add_argument("paths", nargs="+", help="run or multirun directories (searched recursively)")
     parser.add_argument("--out", help="write <out>.csv and <out>.md")
+    parser.add_argument("--group-by", nargs="+", metavar="KEY", help="mean and 95%% CI over the runs of each group (e.g. model ratio)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two groups, each key=value[,key=value] (e.g. ratio=0.5 ratio=0)")
+    parser.add_argument("--metric", default="map", help="per-query metric compared (map, recall@10, ndcg@10, ...)")
+    parser.add_argument("--permutations", type=int, default=10_000)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0, help="of the random sign flips")
     args = parser.parse_args(argv)
     try:
-        rows = collect(args.paths)
-        if not rows:
+        runs = find_runs(args.paths)
+        if not runs:
             raise DataError(" ".join(args.paths), "no results.json found")
+        if args.compare:
+            groups = [select(runs, spec) for spec in args.compare]
+            for spec, chosen in zip(args.compare, groups):
+                if not chosen:
+                    raise HbtError(f"config error: --compare: no run matches {spec!r}")
+            rows = compare(*groups, metric=args.metric, permutations=args.permutations, alpha=args.alpha, seed=args.seed)
+            if not rows:
+                raise DataError(" ".join(args.paths), f"the two groups share no query with a {args.metric!r} value")
+            print(f"A = {args.compare[0]} ({len(groups[0])} runs), B = {args.compare[1]} ({len(groups[1])} runs); seeds pooled per query, "
+                  f"paired randomization test ({args.permutations} sign flips), Holm over {len(rows)} rows")
+        elif args.group_by:
+            rows = group_summary(runs, args.group_by)
+        else:
+            rows = collect(args.paths)
     except HbtError as err:
         print(str(err), file=sys.stderr)
         return 1
-    table = to_markdown(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row)) if (args.compare or args.group_by) else None
+    table = to_markdown(rows, columns)
     if args.out:
-        write_csv(rows, Path(f"{args.out}.csv"))
+        if args.compare or args.group_by:
+            with open(f"{args.out}.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            write_csv(rows, Path(f"{args.out}.csv"))
         Path(f"{args.out}.md").write_text(table + "\n")
     print(table)
     return 0

@@ -81,6 +81,8 @@ def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
         del os.environ["HBT_SWEEP_DIR"]
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the ratio plots and one heatmap per run
+    html = "".join(o.get("data", {}).get("text/html", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "p (Holm)" in html and "verdict" in html  # ratio 1 against ratio 0 on per-query values
 
 
 

@@ -116,25 +116,45 @@ EXPECTED = {
 }
 
 
+@pytest.fixture(scope="module")
+def smoke_runs(smoke_root):
+    """Every experiment's smoke sweep, two at a time (each process one torch thread: the jobs are mostly
+    start-up and Python), so the CI suite stays within its budget; each test below checks one of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"HBT_SHARED_DATA": str(smoke_root / "shared"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+    plans = {experiment: sweep_of(experiment) for experiment in EXPERIMENTS}
+
+    def launch(experiment):
+        jobs, on_mmarco = plans[experiment]
+        sweep = smoke_root / "runs" / experiment
+        proc = run_cli(
+            str(ROOT / "train.py"), "-m", f"experiment={experiment}", "debug=smoke", f"paths.data_dir={smoke_root / 'data'}",
+            f"hydra.sweep.dir={sweep}", *([f"data.train.directory={smoke_root / 'mmarco'}"] if on_mmarco else []), cwd=smoke_root, env=env,
+        )
+        report = run_cli("-m", "hbt.report", str(sweep), "--out", str(smoke_root / f"report-{experiment}")) if proc.returncode == 0 else None
+        # What each job left (results, exported model, per-query values); then the bulky parts go, to keep
+        # the temporary disk small (each job's checkpoint and model hold a 250k-row embedding matrix).
+        outputs = [(p, (p.parent / "model").is_dir(), (p.parent / "per_query.parquet").is_file()) for p in sorted(sweep.rglob("results.json"))]
+        for bulky in [*sweep.rglob("checkpoints"), *sweep.rglob("model")]:
+            shutil.rmtree(bulky, ignore_errors=True)
+        return proc, report, jobs, outputs
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(EXPERIMENTS, pool.map(launch, EXPERIMENTS)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_end_to_end_in_smoke_mode(experiment, smoke_root):
-    sweep = smoke_root / "runs" / experiment
-    jobs, on_mmarco = sweep_of(experiment)
-    proc = run_cli(
-        str(ROOT / "train.py"), "-m", f"experiment={experiment}", "debug=smoke", f"paths.data_dir={smoke_root / 'data'}", f"hydra.sweep.dir={sweep}",
-        *([f"data.train.directory={smoke_root / 'mmarco'}"] if on_mmarco else []),
-        cwd=smoke_root, env={"HBT_SHARED_DATA": str(smoke_root / "shared"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )
+def test_experiment_runs_end_to_end_in_smoke_mode(experiment, smoke_root, smoke_runs):
+    proc, report, jobs, outputs = smoke_runs[experiment]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(sweep.rglob("results.json"))
-    assert len(results) == jobs, [str(r) for r in results]
-    for path in results:  # each job trained its own model from the hub name's architecture and exported it
-        assert (path.parent / "model").is_dir()
-    report = run_cli("-m", "hbt.report", str(sweep), "--out", str(smoke_root / f"report-{experiment}"))
+    assert len(outputs) == jobs, [str(path) for path, _, _ in outputs]
+    for path, exported, per_query in outputs:  # each job trained its own model from the hub name's architecture, exported it, wrote per-query values
+        assert exported and per_query, path
     assert report.returncode == 0, report.stderr[-2000:]
     header = (smoke_root / f"report-{experiment}.csv").read_text().splitlines()[0].split(",")
     assert any(column.count("/") == 2 for column in header)  # <dataset>/<setting>/<metric> columns
     for column in EXPECTED.get(experiment, []):
         assert column in header, (column, header)
-    shutil.rmtree(sweep)  # keep the temporary disk small across the experiments

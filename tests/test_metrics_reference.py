@@ -78,9 +78,10 @@ def test_precision_and_f1_at_k_by_hand_and_against_ranx():
     ours = ranking_metrics(ranks, valid, (1, 5, 10), False, at_k=("recall", "precision", "f1"))
     qrels = Qrels({f"q{i}": {f"d{p}": 1 for p in r} for i, r in enumerate(relevant)})
     run = Run({f"q{i}": {f"d{p}": float(scores[i, p]) for p in range(80)} for i in range(30)})
-    names = [f"{m}@{k}" for m in ("recall", "precision", "f1") for k in (1, 5, 10)]
-    reference = evaluate(qrels, run, names + ["map"])
-    for name in names + ["map"]:
+    # Precision and F1 (recall and MAP are checked against pytrec_eval above; each ranx metric costs a JIT compile).
+    names = [f"{m}@{k}" for m in ("precision", "f1") for k in (1, 5, 10)]
+    reference = evaluate(qrels, run, names)
+    for name in names:
         assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
 
 

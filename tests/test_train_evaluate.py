@@ -122,7 +122,7 @@ def test_evaluate_on_two_processes_equals_one_process(tmp_path, me5_dir):
     from test_metrics_reference import write_miracl
 
     paths = write_miracl(tmp_path / "miracl")
-    common = ["model=me5_small", f"model.name_or_path={me5_dir}", "logger=csv", "eval=[toy,miracl]", "eval.miracl.languages=[sw]",
+    common = ["model=me5_small", f"model.name_or_path={me5_dir}", "logger=csv", "eval=[toy,miracl]", "eval.toy.languages=[en,de,ru]", "eval.miracl.languages=[sw]",
               *(f"eval.miracl.{key}='{value}'" for key, value in paths.items()), "evaluator.shard_size=7"]
     results = {}
     for name, devices in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):

@@ -232,9 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 def pair_matrix(by_setting: dict, metric: str = "map"):
     """Query language x candidate language matrix of ``metric``: mono pairs on the diagonal, cross off it
@@ -277,3 +274,7 @@ def np_nanmax(matrix) -> float:
     import numpy as np
 
     return float(np.nanmax(matrix)) if np.isfinite(matrix).any() else 1.0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,6 +84,14 @@ def test_compare_and_group_by_on_runs(tmp_path, capsys):
         assert float(rows[setting]["A - B"]) == pytest.approx(expected[setting], abs=1e-9)
     assert rows["mono"]["verdict"] == "A higher" and float(rows["mono"]["p (Holm)"]) < 0.01
     assert rows["cross"]["verdict"] == "no significant difference"  # negative control: no real difference
+    # A setting only one group has is listed as not compared, not dropped.
+    extra = tmp_path / "r0.5-s0" / "per_query.parquet"
+    table = pq.read_table(extra).to_pylist()
+    pq.write_table(pa.Table.from_pylist(table + [{**table[0], "setting": "multi", "pair": "en"}]), extra)
+    assert report([str(tmp_path), "--compare", "ratio=0.5", "ratio=0", "--out", str(tmp_path / "cmp2")]) == 0
+    again = {row["setting"]: row for row in __import__("csv").DictReader(open(tmp_path / "cmp2.csv"))}
+    assert again["multi"]["verdict"] == "not compared: map only in A" and again["mono"]["verdict"] == "A higher"
+    capsys.readouterr()
     assert report([str(tmp_path), "--group-by", "ratio"]) == 0
     table = capsys.readouterr().out
     assert "| 0.5 | 2 |" in table and "±" in table

@@ -73,9 +73,9 @@ def columns_of(rows: list[dict]) -> list[str]:
     return [*fixed, *metrics]
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns_of(rows))
+        writer = csv.DictWriter(handle, fieldnames=columns or columns_of(rows))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -182,6 +182,12 @@ def compare(runs_a: list[Path], runs_b: list[Path], metric: str = "map", permuta
     for row, adjusted in zip(rows, holm([row["p"] for row in rows])):
         row["p (Holm)"] = adjusted
         row["verdict"] = ("A higher" if row["A - B"] > 0 else "B higher") if adjusted < alpha else "no significant difference"
+    # A (dataset, setting) that only one group has is listed as such, not left out.
+    compared = {(row["dataset"], row["setting"]) for row in rows}
+    for block in sorted((set(a) | set(b)) - compared):
+        side = "A" if block in a and block not in b else "B" if block in b and block not in a else "A and B"
+        rows.append({"dataset": block[0], "setting": block[1], "metric": metric, "verdict": f"not compared: {metric} only in {side}"
+                     if side != "A and B" else "not compared: no shared query"})
     return rows
 
 
@@ -206,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not chosen:
                     raise HbtError(f"config error: --compare: no run matches {spec!r}")
             rows = compare(*groups, metric=args.metric, permutations=args.permutations, alpha=args.alpha, seed=args.seed)
-            if not rows:
+            if not any("p" in row for row in rows):
                 raise DataError(" ".join(args.paths), f"the two groups share no query with a {args.metric!r} value")
             print(f"A = {args.compare[0]} ({len(groups[0])} runs), B = {args.compare[1]} ({len(groups[1])} runs); seeds pooled per query, "
-                  f"paired randomization test ({args.permutations} sign flips), Holm over {len(rows)} rows")
+                  f"paired randomization test ({args.permutations} sign flips), Holm over {sum('p' in row for row in rows)} rows")
         elif args.group_by:
             rows = group_summary(runs, args.group_by)
         else:
@@ -220,13 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = list(dict.fromkeys(key for row in rows for key in row)) if (args.compare or args.group_by) else None
     table = to_markdown(rows, columns)
     if args.out:
-        if args.compare or args.group_by:
-            with open(f"{args.out}.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            write_csv(rows, Path(f"{args.out}.csv"))
+        write_csv(rows, Path(f"{args.out}.csv"), columns)
         Path(f"{args.out}.md").write_text(table + "\n")
     print(table)
     return 0

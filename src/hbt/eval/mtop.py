@@ -4,7 +4,7 @@
 The release (``mtop/<lang>/{train,eval,test}.txt``) has one tab-separated row per utterance: id, intent,
 slots, utterance, domain, locale, decoupled form and the tokens as JSON. The six languages (en, de, es,
 fr, hi, th) were translated from English and are parallel **by id**, not by line: each language lacks
-some of the others' ids (the test split has 4,386 English rows and 2,765 Thai ones), so a query is scored
+some of the others' ids (the splits differ in size from language to language), so a query is scored
 only where its translation exists, and each pair's ``num_queries`` in results.json says how many were.
 
 - ``relevance="translation"`` (default): the relevant candidates are the query's translations. The cross

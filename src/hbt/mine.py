@@ -89,6 +89,8 @@ class Miner:
         shard_size: int = 200_000,
         searcher=None,
         progress: bool = True,
+        precision: str = "auto",
+        max_tokens: int | None = 16384,
     ):
         from hbt.eval.search import FaissSearcher
 
@@ -103,6 +105,16 @@ class Miner:
         self.pool_mode, self.batch_size, self.query_block, self.shard_size = pool, batch_size, query_block, shard_size
         self.searcher = searcher or FaissSearcher()
         self.progress = progress
+        from hbt.hardware import encode_precision
+
+        encode_precision(precision, "cpu", key="mine.precision")  # a bad value stops before the model loads
+        self.precision, self.max_tokens = precision, max_tokens
+
+    def _encode(self, encoder, texts: list[str], kind: str, lang) -> np.ndarray:
+        from hbt.hardware import encode_precision
+
+        precision = encode_precision(self.precision, next(encoder.parameters()).device, key="mine.precision")
+        return encoder.encode(texts, kind, lang, self.batch_size, self.progress, precision=precision, max_tokens=self.max_tokens).numpy()
 
     def mine_language(self, encoder, store, lang: str, work: Path, keys: np.ndarray | None = None) -> tuple[dict[int, list[str]], Counter]:
         """Hard negatives of language ``lang`` for every item that has it: ``{item: [texts]}``
@@ -115,7 +127,7 @@ class Miner:
         pool_langs = np.array(pool.langs, dtype=object)
 
         def encode(texts: list[str], positions: np.ndarray) -> np.ndarray:
-            return encoder.encode(texts, "passage", list(pool_langs[positions]), self.batch_size, self.progress).numpy()
+            return self._encode(encoder, texts, "passage", list(pool_langs[positions]))
 
         docs = ((j, str(j), text) for j, text in enumerate(pool.texts))
         shards = encode_shards(docs, encode, work / f"pool-{lang}-{self.pool_mode}", self.shard_size)
@@ -134,7 +146,7 @@ class Miner:
             blocks = tqdm(blocks, desc=f"mine {lang}", unit="block")
         for start in blocks:
             block = items[start : start + self.query_block]
-            q = encoder.encode([questions[i] for i in block], "query", lang, self.batch_size, self.progress).numpy()
+            q = self._encode(encoder, [questions[i] for i in block], "query", lang)
             positive = embeddings.rows([pool.index[keys[i, column]] for i in block]) if self.margin is not None else None
             top = search_shards(self.searcher, q, shards, k)
             for row, item in enumerate(block):

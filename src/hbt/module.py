@@ -8,6 +8,8 @@ from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
 
 import lightning as L
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -161,7 +163,7 @@ class RetrieverModule(L.LightningModule):
             self.check_all_parameters_used()
         average_gradients(self.encoder.parameters())
         if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            self.configure_gradient_clipping(optimizer, self.gradient_clip_val, "norm")
         optimizer.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -170,10 +172,16 @@ class RetrieverModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Under FSDP, norm clipping goes through FSDP's own ``clip_grad_norm_`` (the norm over every
-        rank's shard); Lightning's FSDP precision plugin refuses norm clipping outright."""
+        rank's shard); Lightning's FSDP precision plugin refuses norm clipping outright. Under bf16-mixed
+        nothing is scaled, so a fused optimizer's gradients are clipped as they are; Lightning's mixed
+        plugin refuses fused optimizers for fp16's sake and is bypassed."""
         sharded = self._fsdp_root()
         if sharded is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
             sharded.clip_grad_norm_(gradient_clip_val)
+            return
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -39,6 +39,7 @@ PER_QUERY_FILE = "per_query.parquet"
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
     resolve_precision(cfg)
+    log.info("training in %s (trainer.precision)", cfg.trainer.precision)
     check_fsdp(cfg)
     check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)

@@ -56,13 +56,22 @@ class Evaluator:
         shard_size: int = 200_000,
         shard_dir: str | None = None,
         at_k: tuple[str, ...] = ("recall",),
+        precision: str = "auto",
+        max_tokens: int | None = 16384,
+        embedding_dtype: str = "float32",
     ):
         from hbt.errors import ConfigError
+        from hbt.hardware import EMBEDDING_DTYPES, encode_precision
 
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
             raise ConfigError("evaluator.settings", f"unknown settings {unknown}; expected a subset of {list(SETTINGS)}")
-        self.batch_size = batch_size
+        if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+            raise ConfigError("evaluator.batch_size" if batch_size < 1 else "evaluator.max_tokens", f"must be >= 1, got {batch_size if batch_size < 1 else max_tokens}")
+        encode_precision(precision, "cpu")  # a bad value stops here, before any model is loaded
+        if embedding_dtype not in EMBEDDING_DTYPES:
+            raise ConfigError("evaluator.embedding_dtype", f"expected one of {', '.join(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
+        self.batch_size, self.max_tokens, self.precision, self.embedding_dtype = batch_size, max_tokens, precision, embedding_dtype
         self.ks = tuple(int(k) for k in ks)
         from hbt.eval.metrics import AT_K
 
@@ -91,6 +100,9 @@ class Evaluator:
             encoder.text_tokenizer.check_languages(benchmark_languages(bench))
         subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
+        options = self.encode_options(encoder)
+        log.info("encoding in %s (evaluator.precision=%s), batches of at most %d texts and %s tokens, embeddings as %s",
+                 options["precision"], self.precision, self.batch_size, self.max_tokens or "any number of", self.embedding_dtype)
         results = {}
         self.query_rows = []
         for name, bench in benchmarks.items():
@@ -151,7 +163,8 @@ class Evaluator:
         """Embeddings of texts of one language (language-coded tokenizers tag them with it)."""
         if self.cache_dir is None:
             return self._encode_sharded(encoder, texts, kind, lang)
-        digest = hashlib.blake2b(f"{fingerprint}|{kind}|{lang}".encode(), digest_size=20)
+        options = self.encode_options(encoder)
+        digest = hashlib.blake2b(f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}".encode(), digest_size=20)
         for text in texts:
             digest.update(text.encode())
             digest.update(b"\0")
@@ -165,18 +178,29 @@ class Evaluator:
         tmp.replace(path)
         return embeddings
 
+    def encode_options(self, encoder: Encoder, progress: bool | None = None) -> dict:
+        """How :meth:`Encoder.encode` runs: batches, token budget, precision resolved for the encoder's
+        device (``auto``: bf16 where the hardware has it), and the dtype embeddings are kept in."""
+        from hbt.hardware import EMBEDDING_DTYPES, encode_precision
+
+        device = next(encoder.parameters()).device
+        return {
+            "batch_size": self.batch_size, "max_tokens": self.max_tokens, "precision": encode_precision(self.precision, device),
+            "dtype": EMBEDDING_DTYPES[self.embedding_dtype], "progress": self.progress if progress is None else progress,
+        }
+
     def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str, lang: str) -> torch.Tensor:
         """Under torch.distributed every rank encodes every world-th text and the shards are gathered,
         so N devices encode a benchmark N times faster; a single process encodes everything."""
         rank, world = rank_and_world()
         if world == 1:
-            return encoder.encode(texts, kind, lang, self.batch_size, self.progress)
+            return encoder.encode(texts, kind, lang, **self.encode_options(encoder))
         import torch.distributed as dist
 
-        local = encoder.encode(texts[rank::world], kind, lang, self.batch_size, self.progress and rank == 0)
+        local = encoder.encode(texts[rank::world], kind, lang, **self.encode_options(encoder, self.progress and rank == 0))
         shards: list = [None] * world
         dist.all_gather_object(shards, local)
-        out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0))
+        out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0), dtype=shards[0].dtype)
         for r, shard in enumerate(shards):
             out[r::world] = shard
         return out
@@ -244,7 +268,7 @@ class Evaluator:
                 log.warning("%s: %s left out: no query with a positive judgement", bench.name, lang)
                 continue
             q = self.encode(encoder, [t for _, t in queries], "query", lang, fingerprint)
-            top, docs = self.search_corpus(encoder, data.corpus, q.numpy(), depth, lang, fingerprint)
+            top, docs = self.search_corpus(encoder, data.corpus, q.float().numpy(), depth, lang, fingerprint)
             if docs == 0:
                 skipped[f"{lang}-{lang}"] = "an empty corpus"
                 log.warning("%s: %s left out: an empty corpus", bench.name, lang)
@@ -286,7 +310,7 @@ class Evaluator:
         rank, world = rank_and_world()
 
         def encode(texts: list[str], positions=None):
-            return encoder.encode(texts, "passage", lang, self.batch_size, self.progress and rank == 0).numpy()
+            return encoder.encode(texts, "passage", lang, **self.encode_options(encoder, self.progress and rank == 0)).numpy()
 
         with contextlib.ExitStack() as stack:
             if self.cache_dir is not None:  # kept and reused, keyed by the encoder, the corpus files and the split
@@ -372,7 +396,7 @@ class Evaluator:
             lang_of[i, slot], cols[i, slot] = j, c
         valid = lang_of >= 0
         within, whole = torch.ones_like(cols), torch.ones_like(cols)
-        pool = torch.cat(pools) if len(pools) > 1 else pools[0]
+        pool = (torch.cat(pools) if len(pools) > 1 else pools[0]).float()  # fp16 embeddings are scored in fp32
         if width and len(pool):
             pool_of = torch.repeat_interleave(torch.arange(len(pools)), torch.tensor(sizes))
             step = max(1, self.score_block // len(pool))
@@ -380,7 +404,7 @@ class Evaluator:
             self_cols = torch.arange(len(relevant)) + offsets[own] if bench.queries_are_candidates and own >= 0 else None
             for start in range(0, len(relevant), step):
                 rows = slice(start, start + step)
-                scores = q_emb[rows] @ pool.T
+                scores = q_emb[rows].float() @ pool.T
                 if self_cols is not None:
                     scores[torch.arange(scores.shape[0]), self_cols[rows]] = float("-inf")
                 within[rows], whole[rows] = pool_ranks(scores, cols[rows], valid[rows], pool_of)

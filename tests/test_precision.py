@@ -1,0 +1,102 @@
+"""Encoding at the hardware's speed: batches by token budget over token-sorted texts, bf16 where the
+hardware has it, embeddings kept in the configured dtype, and the same results as fp32 one-by-one."""
+import random
+
+import pytest
+import torch
+from conftest import shared_data
+
+from hbt.errors import ConfigError
+from hbt.eval.lareqa import load_lareqa
+from hbt.eval.retrieval import Evaluator
+from hbt.models.encoder import Encoder, token_batches
+
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    padded = sum(len(rows) * max(lengths[i] for i in rows) for rows in batches)
+    return 1 - sum(lengths) / padded
+
+
+def xquad_sentences(per_language: int = 40) -> tuple[list[str], list[str]]:
+    bench = load_lareqa("xquad_r", shared_data("xquad-r"))
+    texts, langs = [], []
+    for lang, candidates in sorted(bench.candidates.items()):
+        texts += candidates[:per_language]
+        langs += [lang] * len(candidates[:per_language])
+    return texts, langs
+
+
+def test_token_batches_keep_to_the_budget_and_cover_every_text_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 120) for _ in range(1000)] + [3000]  # one text over the budget goes alone
+    batches = token_batches(lengths, max_rows=64, max_tokens=2048)
+    assert sorted(i for rows in batches for i in rows) == list(range(len(lengths)))
+    widths = [max(lengths[i] for i in rows) for rows in batches]
+    assert widths == sorted(widths, reverse=True)  # longest first
+    for rows, width in zip(batches, widths):
+        assert len(rows) <= 64 and (len(rows) * width <= 2048 or len(rows) == 1)
+    assert batches[0] == [len(lengths) - 1]
+    assert max(len(rows) for rows in batches) == 64  # short texts fill the row cap
+    assert [len(rows) for rows in token_batches(lengths, max_rows=100)][:-1] == [100] * 10  # no budget: fixed rows
+    with pytest.raises(ValueError):
+        token_batches(lengths, max_rows=0)
+
+
+def test_sorting_by_tokens_pads_less_than_sorting_by_characters(me5_dir):
+    """Across scripts characters say little about tokens (a Chinese sentence: few characters, many
+    tokens); the control, sorted by characters, pads more on the same texts."""
+    encoder = Encoder(name_or_path=str(me5_dir), max_passage_length=512)
+    texts, _ = xquad_sentences()
+    tokens = [len(ids) for ids in encoder.tokenize_compact(texts, "passage")]
+    by_tokens = padding_fraction(token_batches(tokens, 32), tokens)
+    by_chars = padding_fraction(token_batches([len(t) for t in texts], 32), tokens)
+    unsorted = padding_fraction([list(range(i, min(i + 32, len(texts)))) for i in range(0, len(texts), 32)], tokens)
+    assert by_tokens < 0.5 * by_chars < unsorted
+
+
+def test_embeddings_do_not_depend_on_batching_and_come_back_in_input_order():
+    torch.manual_seed(0)
+    encoder = Encoder(tiny=TINY, max_passage_length=96)
+    texts = ["kurz", "ein etwas längerer Satz mit mehr Wörtern darin", "中文句子", "x" * 200, "", "mittel lang hier"]
+    one_by_one = torch.cat([encoder.encode([t], "passage", batch_size=1) for t in texts])
+    for batch_size, max_tokens in ((256, None), (256, 100), (2, 16384)):
+        together = encoder.encode(texts, "passage", batch_size=batch_size, max_tokens=max_tokens)
+        torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)
+    half = encoder.encode(texts, "passage", dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), one_by_one, atol=2e-3)
+    assert encoder.encode([], "passage").shape == (0, 0)
+
+
+@pytest.mark.slow
+def test_bf16_embeddings_equal_fp32_on_real_multilingual_text(me5_dir):
+    encoder = Encoder(name_or_path=str(me5_dir), query_prefix="query: ", passage_prefix="passage: ")
+    texts, _ = xquad_sentences(per_language=10)
+    full = encoder.encode(texts, "passage", precision="fp32")
+    bf16 = encoder.encode(texts, "passage", precision="bf16")
+    cosine = (full * bf16).sum(1)  # both unit length
+    assert float(cosine.min()) >= 0.9999
+    assert not torch.equal(full, bf16)  # autocast did run: bf16 is not fp32 bit for bit
+
+
+def test_evaluator_options_are_checked_before_any_model_loads():
+    for kwargs, key in (({"precision": "half"}, "evaluator.precision"), ({"embedding_dtype": "bfloat16"}, "evaluator.embedding_dtype"),
+                        ({"max_tokens": 0}, "evaluator.max_tokens"), ({"batch_size": 0}, "evaluator.batch_size")):
+        with pytest.raises(ConfigError, match=f"^config error: {key}: "):
+            Evaluator(**kwargs)
+
+
+def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_path):
+    from hbt.data.toy import toy_benchmark
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny=TINY)
+    bench = toy_benchmark("test", ["en", "de", "fr"])
+    full = Evaluator(precision="fp32").evaluate(encoder, bench)
+    half = Evaluator(precision="fp32", embedding_dtype="float16", cache_dir=str(tmp_path)).evaluate(encoder, bench, "fp")
+    for setting in full:
+        for metric, value in full[setting]["macro"].items():
+            assert half[setting]["macro"][metric] == pytest.approx(value, abs=0.02, rel=0.01), (setting, metric)
+    cached = [torch.load(path) for path in tmp_path.glob("*.pt")]
+    assert cached and all(t.dtype == torch.float16 for t in cached)

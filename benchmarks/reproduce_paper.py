@@ -14,7 +14,6 @@ ratio curve to docs/ratio_curve.png (docs/paper_reproduction.md discusses them).
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -47,7 +46,10 @@ def main() -> None:
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                         help="training and evaluation precision (bf16: hbt's default on CPUs with native bf16 and on GPUs)")
+    parser.add_argument("--report-only", action="store_true", help="write the table and plot from the runs that exist; run nothing")
     args = parser.parse_args()
+    if args.report_only:
+        return write_docs(Path(args.out), args, Path(args.docs))
     out, model = Path(args.out), me5_small_dir()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"model.name_or_path={model}", "logger=csv", f"evaluator.precision={args.precision}"]
@@ -72,13 +74,34 @@ def metric(row: dict, setting: str, name: str) -> float:
     return row[f"xquad_r_heldout/{setting}/{name}"]
 
 
-def write_docs(out: Path, args, docs: Path) -> None:
-    zero = load_run(out / "zero-shot")
-    by_ratio: dict[float, list[dict]] = {}
+# The paper's claims, each a comparison of two groups of runs: (A, B, what the paper reports).
+CLAIMS = [
+    (0.5, 0.0, "hybrid above X-Y in mono and multi, on par in cross, lower rank distance"),
+    (0.5, 1.0, "hybrid on par with X-X in mono, above it in cross and multi, lower rank distance"),
+    (1.0, 0.0, "X-X best in mono, X-Y best in cross"),
+    (0.75, 0.5, "alpha = 0.5 the best ratio (ratios 0.25 and 0.75 below it)"),
+    (0.25, 0.5, "alpha = 0.5 the best ratio (ratios 0.25 and 0.75 below it)"),
+]
+# Per-query metric compared in each setting (the paper's: mAP everywhere, R@1 mono/cross, R@10 and rank distance multi).
+COMPARED = [("map", ("mono", "cross", "multi")), ("recall@1", ("mono", "cross")), ("recall@10", ("multi",)), ("rank_distance", ("multi",))]
+
+
+def ratio_runs(out: Path) -> dict[float, list[Path]]:
+    by_ratio: dict[float, list[Path]] = {}
     for target in sorted(out.glob("ratio*-seed*")):
         if (target / "results.json").exists():
-            ratio = float(target.name.split("-")[0].removeprefix("ratio"))
-            by_ratio.setdefault(ratio, []).append(load_run(target))
+            by_ratio.setdefault(float(target.name.split("-")[0].removeprefix("ratio")), []).append(target)
+    return by_ratio
+
+
+def write_docs(out: Path, args, docs: Path) -> None:
+    """The table (mean and 95% t-interval over seeds), the paired tests of each claim and the plot."""
+    from hbt.report import compare
+    from hbt.stats import mean_ci
+
+    zero = load_run(out / "zero-shot")
+    runs = ratio_runs(out)
+    by_ratio = {ratio: [load_run(r) for r in paths] for ratio, paths in runs.items()}
     header = "| run | seeds | " + " | ".join(f"{s} {m}" for s, m in SETTINGS) + " |"
     lines = [header, "|" + "---|" * (len(SETTINGS) + 2)]
     lines.append("| zero-shot | - | " + " | ".join(f"{metric(zero, s, m):.4f}" for s, m in SETTINGS) + " |")
@@ -86,10 +109,25 @@ def write_docs(out: Path, args, docs: Path) -> None:
         rows = by_ratio[ratio]
         cells = []
         for s, m in SETTINGS:
-            values = [metric(r, s, m) for r in rows]
-            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.4f}{spread}")
+            mean, half = mean_ci([metric(r, s, m) for r in rows])
+            digits = 1 if m == "rank_distance" else 4
+            cells.append(f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if half is not None else ""))
         lines.append(f"| {NAMES.get(ratio, ratio)} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean ± half-width of the 95% Student-t interval over the seeds.", ""]
+    lines += ["Paired randomization tests (10,000 sign flips) on per-query values, each group's seeds averaged per",
+              "query; Holm-adjusted over the settings of one metric; d_z = mean / sd of the per-query differences.", ""]
+    lines += ["| A | B | metric | setting | A | B | A - B | d_z | p | p (Holm) | verdict |", "|" + "---|" * 11]
+    for a, b, _ in CLAIMS:
+        if a not in runs or b not in runs:
+            lines.append(f"| {NAMES[a]} | {NAMES[b]} | - | - | | | | | | | not run |")
+            continue
+        for name, settings in COMPARED:
+            for row in compare(runs[a], runs[b], metric=name):
+                if row["setting"] not in settings or "p" not in row:
+                    continue
+                digits = 1 if name == "rank_distance" else 4
+                lines.append(f"| {NAMES[a]} | {NAMES[b]} | {name} | {row['setting']} | {row['A']:.{digits}f} | {row['B']:.{digits}f} | "
+                             f"{row['A - B']:+.{digits}f} | {row['d_z']:+.2f} | {row['p']:.4f} | {row['p (Holm)']:.4f} | {row['verdict']} |")
     table = "\n".join(lines)
     plot_curve(by_ratio, zero, docs / "ratio_curve.png")
     (docs / "paper_reproduction_table.md").write_text(table + "\n")
@@ -97,23 +135,36 @@ def write_docs(out: Path, args, docs: Path) -> None:
 
 
 def plot_curve(by_ratio: dict[float, list[dict]], zero: dict, path: Path) -> None:
+    """Means over seeds with their 95% t-interval as a band; zero-shot dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from hbt.stats import mean_ci
 
     ratios = sorted(by_ratio)
+
+    def band(setting: str, name: str):
+        stats = [mean_ci([metric(r, setting, name) for r in by_ratio[x]]) for x in ratios]
+        means = np.array([m for m, _ in stats])
+        halves = np.array([h or 0.0 for _, h in stats])
+        return means, halves
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for setting, style in (("mono", "o-"), ("cross", "s-"), ("multi", "^-")):
-        means = [statistics.mean(metric(r, setting, "map") for r in by_ratio[x]) for x in ratios]
-        axes[0].plot(ratios, means, style, label=f"{setting} mAP")
-        axes[0].axhline(metric(zero, setting, "map"), ls=":", color=axes[0].lines[-1].get_color())
-    axes[0].set(xlabel="sampler.ratio (share of X-X batches)", ylabel="mAP (held-out XQuAD-R)", title="mAP vs ratio (dotted: zero-shot)")
+        means, halves = band(setting, "map")
+        line = axes[0].plot(ratios, means, style, label=f"{setting} mAP")[0]
+        axes[0].fill_between(ratios, means - halves, means + halves, color=line.get_color(), alpha=0.2)
+        axes[0].axhline(metric(zero, setting, "map"), ls=":", color=line.get_color())
+    axes[0].set(xlabel="sampler.ratio (share of X-X batches)", ylabel="mAP (held-out XQuAD-R)", title="mAP vs ratio (band: 95% CI; dotted: zero-shot)")
     axes[0].legend()
-    dist = [statistics.mean(metric(r, "multi", "rank_distance") for r in by_ratio[x]) for x in ratios]
-    axes[1].plot(ratios, dist, "o-", color="tab:red")
-    axes[1].axhline(metric(zero, "multi", "rank_distance"), ls=":", color="tab:red")
-    axes[1].set(xlabel="sampler.ratio", ylabel="mean rank distance (lower = less language bias)", title="Language bias vs ratio")
+    means, halves = band("multi", "rank_distance")
+    axes[1].plot(ratios, means, "o-", color="tab:red")
+    axes[1].fill_between(ratios, means - halves, means + halves, color="tab:red", alpha=0.2)
+    axes[1].set(xlabel="sampler.ratio", ylabel="mean rank distance (lower = less language bias)",
+                title=f"Language bias vs ratio (zero-shot: {metric(zero, 'multi', 'rank_distance'):.0f})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

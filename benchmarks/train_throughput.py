@@ -25,7 +25,7 @@ from common import Stopwatch, make_datamodule, make_encoder
 
 
 def batches_for(args, encoder) -> list[dict]:
-    return list(_cycle(make_datamodule(encoder, args.batch_size).train_dataloader(), args.warmup + args.steps))
+    return list(_cycle(make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader(), args.warmup + args.steps))
 
 
 def plain_loop(args) -> float:
@@ -35,7 +35,7 @@ def plain_loop(args) -> float:
 
     torch.manual_seed(0)
     encoder = make_encoder(args.model, args.max_length)
-    loader = make_datamodule(encoder, args.batch_size).train_dataloader()  # batches made live, as in hbt
+    loader = make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader()  # batches made live, as in hbt
     loss_fn = InfoNCELoss(0.05)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
     scheduler = warmup_linear(optimizer, args.warmup + args.steps)
@@ -76,7 +76,8 @@ class StepTimer(L.Callback):
 
 
 def hbt_lightning(args) -> float:
-    """hbt's real path: ParallelDataModule + RetrieverModule under lightning.Trainer."""
+    """hbt's real path: ParallelDataModule + RetrieverModule under lightning.Trainer (in ``args.precision``
+    where given, else 32-true)."""
     from functools import partial
 
     from hbt.loss import InfoNCELoss
@@ -89,15 +90,16 @@ def hbt_lightning(args) -> float:
     )
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="gpu" if torch.cuda.is_available() else "cpu", precision=getattr(args, "precision", "32-true"), max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, gradient_clip_val=1.0, use_distributed_sampler=False, limit_val_batches=0, callbacks=[timer],
     )
-    trainer.fit(module, datamodule=make_datamodule(encoder, args.batch_size))
+    trainer.fit(module, datamodule=make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)))
     return args.steps * args.batch_size / (timer.end - timer.start)
 
 
 def sentence_transformers(args) -> float:
-    """sentence-transformers' own trainer with MultipleNegativesRankingLoss on the same pairs."""
+    """sentence-transformers' own trainer with MultipleNegativesRankingLoss on the same pairs (bf16
+    autocast with ``args.st_bf16``)."""
     import datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
     from transformers import TrainerCallback
@@ -114,7 +116,7 @@ def sentence_transformers(args) -> float:
         pairs["positive"] += [t.removeprefix("passage: ") for t in tok.batch_decode(batch["passage"]["input_ids"], skip_special_tokens=True)]
     with tempfile.TemporaryDirectory() as tmp:
         encoder.save_pretrained(tmp)
-        model = SentenceTransformer(tmp, device="cpu")
+        model = SentenceTransformer(tmp, device="cuda" if torch.cuda.is_available() else "cpu")
         model.max_seq_length = args.max_length
         times = []
 
@@ -128,7 +130,8 @@ def sentence_transformers(args) -> float:
         training_args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps, learning_rate=args.lr,
             weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[],
-            prompts={"anchor": "query: ", "positive": "passage: "}, use_cpu=True, dataloader_drop_last=True, disable_tqdm=True,
+            prompts={"anchor": "query: ", "positive": "passage: "}, use_cpu=not torch.cuda.is_available(), dataloader_drop_last=True, disable_tqdm=True,
+            bf16=getattr(args, "st_bf16", False),
         )
         trainer = SentenceTransformerTrainer(
             model=model, args=training_args, train_dataset=datasets.Dataset.from_dict(pairs),

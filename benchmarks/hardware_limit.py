@@ -1,0 +1,205 @@
+"""Speed against the machine's own limit: hbt's encoding and training as a fraction of the measured
+dense-matmul peak, and against sentence-transformers at its default and at its best (bf16) settings.
+
+Everything is measured in one run, on this machine, on real multilingual text (XQuAD-R's sentences and
+questions, 11 languages) with multilingual-e5-small; the contenders run interleaved, ``--repeats``
+times, so drift in machine load hits each alike, and the median is reported. FLOPs are counted from the
+model's shapes and the real (unpadded) token counts of the texts: per token and layer 2·(4h² + 2h·f)
+for the projections and the feed-forward block, plus 4·L·h for the attention scores and their weighted
+sum over a text of L tokens; a training step counts forward and backward as 3x the forward. Padding,
+extra work the hardware does, is not counted as useful work.
+
+    python benchmarks/hardware_limit.py                    # about 10 minutes on 2 idle cores
+
+On a GPU host the same script measures the GPU (its bf16 and fp32 matmul peak, MFU of encoding and
+training, sentence-transformers on the GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from types import SimpleNamespace
+
+import torch
+
+from common import SHARED, make_encoder
+
+import train_throughput
+from hbt.eval.lareqa import lareqa_items, load_lareqa
+from hbt.hardware import default_precision, encode_precision
+from hbt.models.encoder import token_batches
+
+GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
+    "hbt encode (default) / ST encode (default)": 1.8,
+    "hbt encode (default) / ST encode (bf16, best batch)": 1.1,
+    "hbt train (default) / ST train (default)": 1.4,
+    "hbt encode (default) / bf16 matmul peak": 0.5,
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, seconds: float = 2.0) -> float:
+    """FLOP/s of the best of three timed rounds of n x n by n x n products (2n³ FLOPs each)."""
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    torch.matmul(a, b)
+    best = 0.0
+    for _ in range(3):
+        sync(device)
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            torch.matmul(a, b)
+            count += 1
+        sync(device)
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
+    return best
+
+
+def forward_flops(config, lengths: list[int]) -> float:
+    h = config.hidden_size
+    f = config.intermediate_size
+    per_token = 2 * (4 * h * h + 2 * h * f)
+    return config.num_hidden_layers * sum(per_token * n + 4 * n * n * h for n in lengths)
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    padded = sum(len(rows) * max(lengths[i] for i in rows) for rows in batches)
+    return 1 - sum(lengths) / padded
+
+
+def char_sorted(texts: list[str], size: int) -> list[list[int]]:
+    """sentence-transformers' batching (and hbt's before): longest first by characters, fixed size."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts-per-language", type=int, default=100)
+    parser.add_argument("--max-length", type=int, default=128, help="encoding's maximum tokens per text")
+    parser.add_argument("--batch-size", type=int, default=256, help="hbt's encoding batch cap (evaluator.batch_size)")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="hbt's encoding token budget (evaluator.max_tokens)")
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--train-length", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--matmul-n", type=int, default=None, help="matrix size for the peak (2048 on CPU, 8192 on GPU)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
+
+    bench = load_lareqa("xquad_r", SHARED / "data" / "xquad-r")
+    texts = [t for lang in sorted(bench.candidates) for t in bench.candidates[lang][: args.texts_per_language]]
+    texts += [t for lang in sorted(bench.queries) for _, t in bench.queries[lang][: args.texts_per_language // 2]]
+    encoder = make_encoder("me5_small", args.max_length).to(device)
+    config = encoder.backbone.config
+    lengths = [len(ids) for ids in encoder.tokenize_compact(texts, "passage")]
+    encode_flops = forward_flops(config, lengths)
+    default_encode = encode_precision("auto", device)
+
+    directory = tempfile.mkdtemp(prefix="hbt-st-")
+    encoder.save_pretrained(directory)
+    from sentence_transformers import SentenceTransformer
+
+    st = {
+        "fp32": SentenceTransformer(directory, device=str(device)),
+        "bf16": SentenceTransformer(directory, device=str(device), model_kwargs={"torch_dtype": torch.bfloat16}),
+    }
+    for model in st.values():
+        model.max_seq_length = args.max_length
+
+    def hbt_encode(precision: str):
+        return lambda: encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=args.max_tokens, precision=precision)
+
+    def st_encode(kind: str, batch: int):
+        return lambda: st[kind].encode(texts, batch_size=batch, prompt="passage: ", normalize_embeddings=True, convert_to_tensor=True)
+
+    contenders = {
+        f"hbt encode (default: {default_encode})": hbt_encode(default_encode),
+        "hbt encode (fp32)": hbt_encode("fp32"),
+        "ST encode (default: fp32, batch 32)": st_encode("fp32", 32),
+        "ST encode (bf16, batch 32)": st_encode("bf16", 32),
+        "ST encode (bf16, batch 128)": st_encode("bf16", 128),
+    }
+    # The same embeddings (up to precision), or the comparison would be meaningless.
+    reference = st_encode("fp32", 32)().float().cpu()
+    mine = hbt_encode(default_encode)().float()
+    agreement = float((reference * mine).sum(1).min())
+
+    train_items = lareqa_items(SHARED / "data" / "xquad-r", articles="train")
+    train_args = SimpleNamespace(model="me5_small", batch_size=args.train_batch, max_length=args.train_length, steps=args.train_steps, warmup=2,
+                                 lr=3e-5, items=train_items, precision=default_precision(device.type == "cuda"), st_bf16=False)
+    trainers = {
+        f"hbt train (default: {train_args.precision})": lambda: train_throughput.hbt_lightning(train_args),
+        "ST train (default: fp32)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": False})),
+        "ST train (bf16)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": True})),
+    }
+
+    peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    pairs_per_s: dict[str, list[float]] = {name: [] for name in trainers}
+    for repeat in range(args.repeats):  # interleaved
+        peaks["bf16"].append(matmul_peak(torch.bfloat16, device, n))
+        peaks["fp32"].append(matmul_peak(torch.float32, device, n))
+        for name, run in contenders.items():
+            seconds[name].append(timed(run))
+        for name, run in trainers.items():
+            pairs_per_s[name].append(run())
+        print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+
+    peak = {k: statistics.median(v) for k, v in peaks.items()}
+    enc = {name: len(texts) / statistics.median(v) for name, v in seconds.items()}
+    train = {name: statistics.median(v) for name, v in pairs_per_s.items()}
+    # The timed steps' batches (the same pairs every contender trains on): their real token counts.
+    timed_batches = train_throughput.batches_for(train_args, make_encoder("me5_small", args.train_length))[train_args.warmup :]
+    masks = [batch[kind]["attention_mask"] for batch in timed_batches for kind in ("query", "passage")]
+    train_lengths = [int(n) for mask in masks for n in mask.sum(1)]
+    pair_flops = 3 * forward_flops(config, train_lengths) / (len(timed_batches) * args.train_batch)
+    train_padding = 1 - sum(train_lengths) / sum(mask.numel() for mask in masks)
+
+    hbt_enc = enc[f"hbt encode (default: {default_encode})"]
+    st_bf16_best = max(enc["ST encode (bf16, batch 32)"], enc["ST encode (bf16, batch 128)"])
+    hbt_train = train[f"hbt train (default: {train_args.precision})"]
+    flops_per_text = encode_flops / len(texts)
+    print(f"\ndevice={device} ({torch.get_num_threads()} threads), torch {torch.__version__}, model multilingual-e5-small, "
+          f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}")
+    print(f"embeddings, hbt default vs ST fp32: min cosine {agreement:.6f}")
+    print(f"\nmatmul peak ({n}x{n}): bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
+    print(f"\n{'encoding':<40}{'texts/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
+    for name, rate in enc.items():
+        flops = rate * flops_per_text
+        print(f"{name:<40}{rate:>10.1f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
+    print(f"\n{'training (batch %d, length %d)' % (args.train_batch, args.train_length):<40}{'pairs/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
+    for name, rate in train.items():
+        flops = rate * pair_flops
+        print(f"{name:<40}{rate:>10.2f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
+    print("\npadding (share of the encoded tokens that are padding):")
+    print(f"  hbt: token-sorted, <= {args.batch_size} texts and {args.max_tokens} tokens: "
+          f"{100 * padding_fraction(token_batches(lengths, args.batch_size, args.max_tokens), lengths):.1f}%")
+    print(f"  character-sorted, batch 32 (sentence-transformers): {100 * padding_fraction(char_sorted(texts, 32), lengths):.1f}%")
+    print(f"  character-sorted, batch 128 (hbt before): {100 * padding_fraction(char_sorted(texts, 128), lengths):.1f}%")
+    print(f"  training batches (query and passage, padded to each batch's longest): {100 * train_padding:.1f}%")
+    measured = {
+        "hbt encode (default) / ST encode (default)": hbt_enc / enc["ST encode (default: fp32, batch 32)"],
+        "hbt encode (default) / ST encode (bf16, best batch)": hbt_enc / st_bf16_best,
+        "hbt train (default) / ST train (default)": hbt_train / train["ST train (default: fp32)"],
+        "hbt encode (default) / bf16 matmul peak": hbt_enc * flops_per_text / peak["bf16"],
+    }
+    print(f"\n{'ratio':<56}{'measured':>10}{'goal':>8}  met")
+    for name, value in measured.items():
+        print(f"{name:<56}{value:>10.2f}{GOALS[name]:>8.2f}  {'yes' if value >= GOALS[name] else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

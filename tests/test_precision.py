@@ -100,3 +100,38 @@ def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_pat
             assert half[setting]["macro"][metric] == pytest.approx(value, abs=0.02, rel=0.01), (setting, metric)
     cached = [torch.load(path) for path in tmp_path.glob("*.pt")]
     assert cached and all(t.dtype == torch.float16 for t in cached)
+
+
+def test_length_groups_give_the_same_embeddings_and_gradients_from_narrower_batches():
+    from torch import nn
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny=TINY, max_passage_length=96)
+    for module in encoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    texts = ["kurz", "ein etwas längerer Satz mit mehr Wörtern darin, noch länger", "中文", "mittel lang hier", "x" * 80, "a b"]
+    inputs = encoder.text_tokenizer(texts, "passage")
+    widths = []
+    encoder.backbone.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    results = {}
+    for groups in (1, 3):
+        encoder.length_groups = groups
+        encoder.zero_grad()
+        embeddings = encoder(inputs)
+        (embeddings @ embeddings.T).logsumexp(1).sum().backward()
+        results[groups] = (embeddings.detach(), [p.grad.clone() for p in encoder.parameters()])
+    torch.testing.assert_close(results[3][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for grouped, whole in zip(results[3][1], results[1][1]):
+        torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-4)
+    full = inputs["input_ids"].shape[1]
+    assert widths[0] == full and len(widths) == 4 and widths[1] == full and max(widths[2:]) < full  # the short groups are cut
+
+
+def test_grad_cache_chunks_are_cut_to_their_own_longest_row():
+    from hbt.module import _split_inputs
+
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 0], [1, 2, 0, 0], [1, 0, 0, 0]])
+    chunks = _split_inputs({"input_ids": ids, "attention_mask": (ids > 0).long()}, 2)
+    assert [c["input_ids"].shape[1] for c in chunks] == [4, 2]
+    assert torch.equal(chunks[1]["input_ids"], torch.tensor([[1, 2], [1, 0]]))

@@ -253,8 +253,14 @@ class RetrieverModule(L.LightningModule):
 
 
 def _split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """Chunks of ``size`` rows, each cut to its own longest row (right padding: what is cut is padding)."""
     keys = list(inputs)
-    return [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size) for k in keys))]
+    chunks = [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size) for k in keys))]
+    for chunk in chunks:
+        width = int(chunk["attention_mask"].sum(1).max()) if chunk["attention_mask"].numel() else 0
+        for key in keys:
+            chunk[key] = chunk[key][:, : max(width, 1)]
+    return chunks
 
 
 def _rng_state() -> tuple:

@@ -262,8 +262,12 @@ class Encoder(nn.Module):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         lora: Mapping | None = None,
+        length_groups: int = 1,
     ):
         super().__init__()
+        if length_groups < 1:
+            raise ConfigError("model.length_groups", f"must be >= 1, got {length_groups}")
+        self.length_groups = length_groups
         if pooling is not None and pooling not in POOLINGS:
             raise ConfigError("model.pooling", f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)} (or null: the model directory's own)")
         spec = None
@@ -331,7 +335,21 @@ class Encoder(nn.Module):
         return config.hidden_size if hasattr(config, "hidden_size") else config.d_model
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Unit-length embeddings of tokenized inputs, so inner product = cosine similarity."""
+        """Unit-length embeddings of tokenized inputs, so inner product = cosine similarity. In training
+        with ``length_groups`` > 1, the rows are sorted by length and encoded in that many groups, each
+        padded only to its own longest row: the same embeddings (padding is masked) for fewer padded
+        tokens, with gradients through every group as through one batch."""
+        if self.length_groups > 1 and self.training and len(inputs["attention_mask"]) > 1:
+            lengths = inputs["attention_mask"].sum(1)
+            order = torch.argsort(lengths, descending=True)
+            parts = []
+            for rows in order.tensor_split(min(self.length_groups, len(order))):
+                width = int(lengths[rows[0]])
+                parts.append(self._embed({k: v[rows, :width] for k, v in inputs.items()}))
+            return torch.cat(parts)[torch.argsort(order)]
+        return self._embed(inputs)
+
+    def _embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = inputs["attention_mask"]
         hidden = self.backbone(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
         pooled = self.pool(hidden, mask)

@@ -28,7 +28,7 @@ from common import SHARED, make_encoder
 
 import train_throughput
 from hbt.eval.lareqa import lareqa_items, load_lareqa
-from hbt.hardware import default_precision, encode_precision
+from hbt.hardware import default_precision, encode_precision, token_budget
 from hbt.models.encoder import token_batches
 
 GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--texts-per-language", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=128, help="encoding's maximum tokens per text")
     parser.add_argument("--batch-size", type=int, default=256, help="hbt's encoding batch cap (evaluator.batch_size)")
-    parser.add_argument("--max-tokens", type=int, default=16384, help="hbt's encoding token budget (evaluator.max_tokens)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="hbt's encoding token budget (default: evaluator.max_tokens=auto)")
+    parser.add_argument("--budgets", type=int, nargs="*", default=[2048, 4096, 8192, 16384], help="token budgets compared (hbt, bf16)")
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-length", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)
@@ -98,6 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
+    args.max_tokens = args.max_tokens or token_budget("auto", device)
 
     bench = load_lareqa("xquad_r", SHARED / "data" / "xquad-r")
     texts = [t for lang in sorted(bench.candidates) for t in bench.candidates[lang][: args.texts_per_language]]
@@ -119,18 +121,20 @@ def main() -> None:
     for model in st.values():
         model.max_seq_length = args.max_length
 
-    def hbt_encode(precision: str):
-        return lambda: encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=args.max_tokens, precision=precision)
+    def hbt_encode(precision: str, budget: int | None = None):
+        return lambda: encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=budget or args.max_tokens, precision=precision)
 
     def st_encode(kind: str, batch: int):
         return lambda: st[kind].encode(texts, batch_size=batch, prompt="passage: ", normalize_embeddings=True, convert_to_tensor=True)
 
+    default_name = f"hbt encode (default: {default_encode}, max_tokens {args.max_tokens})"
     contenders = {
-        f"hbt encode (default: {default_encode})": hbt_encode(default_encode),
+        default_name: hbt_encode(default_encode),
         "hbt encode (fp32)": hbt_encode("fp32"),
         "ST encode (default: fp32, batch 32)": st_encode("fp32", 32),
         "ST encode (bf16, batch 32)": st_encode("bf16", 32),
         "ST encode (bf16, batch 128)": st_encode("bf16", 128),
+        **{f"hbt encode ({default_encode}, max_tokens {b})": hbt_encode(default_encode, b) for b in args.budgets if b != args.max_tokens},
     }
     # The same embeddings (up to precision), or the comparison would be meaningless.
     reference = st_encode("fp32", 32)().float().cpu()
@@ -168,7 +172,7 @@ def main() -> None:
     pair_flops = 3 * forward_flops(config, train_lengths) / (len(timed_batches) * args.train_batch)
     train_padding = 1 - sum(train_lengths) / sum(mask.numel() for mask in masks)
 
-    hbt_enc = enc[f"hbt encode (default: {default_encode})"]
+    hbt_enc = enc[default_name]
     st_bf16_best = max(enc["ST encode (bf16, batch 32)"], enc["ST encode (bf16, batch 128)"])
     hbt_train = train[f"hbt train (default: {train_args.precision})"]
     flops_per_text = encode_flops / len(texts)
@@ -176,14 +180,14 @@ def main() -> None:
           f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}")
     print(f"embeddings, hbt default vs ST fp32: min cosine {agreement:.6f}")
     print(f"\nmatmul peak ({n}x{n}): bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
-    print(f"\n{'encoding':<40}{'texts/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
+    print(f"\n{'encoding':<48}{'texts/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
     for name, rate in enc.items():
         flops = rate * flops_per_text
-        print(f"{name:<40}{rate:>10.1f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
-    print(f"\n{'training (batch %d, length %d)' % (args.train_batch, args.train_length):<40}{'pairs/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
+        print(f"{name:<48}{rate:>10.1f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
+    print(f"\n{'training (batch %d, length %d)' % (args.train_batch, args.train_length):<48}{'pairs/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
     for name, rate in train.items():
         flops = rate * pair_flops
-        print(f"{name:<40}{rate:>10.2f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
+        print(f"{name:<48}{rate:>10.2f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
     print("\npadding (share of the encoded tokens that are padding):")
     print(f"  hbt: token-sorted, <= {args.batch_size} texts and {args.max_tokens} tokens: "
           f"{100 * padding_fraction(token_batches(lengths, args.batch_size, args.max_tokens), lengths):.1f}%")

@@ -82,9 +82,18 @@ def test_bf16_embeddings_equal_fp32_on_real_multilingual_text(me5_dir):
 
 def test_evaluator_options_are_checked_before_any_model_loads():
     for kwargs, key in (({"precision": "half"}, "evaluator.precision"), ({"embedding_dtype": "bfloat16"}, "evaluator.embedding_dtype"),
-                        ({"max_tokens": 0}, "evaluator.max_tokens"), ({"batch_size": 0}, "evaluator.batch_size")):
+                        ({"max_tokens": 0}, "evaluator.max_tokens"), ({"max_tokens": "many"}, "evaluator.max_tokens"),
+                        ({"batch_size": 0}, "evaluator.batch_size")):
         with pytest.raises(ConfigError, match=f"^config error: {key}: "):
             Evaluator(**kwargs)
+
+
+def test_token_budget_auto_follows_the_device():
+    from hbt.hardware import AUTO_MAX_TOKENS, token_budget
+
+    assert token_budget("auto", "cpu") == AUTO_MAX_TOKENS["cpu"] < token_budget("auto", "cuda") == AUTO_MAX_TOKENS["cuda"]
+    assert token_budget(512, "cuda") == 512 and token_budget(None, "cpu") is None
+    assert Evaluator().encode_options(Encoder(tiny=TINY))["max_tokens"] == AUTO_MAX_TOKENS["cpu"]
 
 
 def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_path):

@@ -50,6 +50,22 @@ def encode_precision(precision: str, device: torch.device | str, key: str = "eva
     return "bf16" if kind == "cpu" and cpu_has_bf16() else "fp32"
 
 
+# Padded tokens per encoding batch under ``max_tokens: auto``. CPU: the fastest budget measured on 2 cores
+# with multilingual-e5-small (4096 of 2048-16384, docs/benchmarks.md); GPUs: large batches (not measured).
+AUTO_MAX_TOKENS = {"cpu": 4096, "cuda": 32768}
+
+
+def token_budget(max_tokens, device: torch.device | str, key: str = "evaluator.max_tokens") -> int | None:
+    """``auto`` by device (:data:`AUTO_MAX_TOKENS`), an integer as given, null for no budget."""
+    if max_tokens is None:
+        return None
+    if max_tokens == "auto":
+        return AUTO_MAX_TOKENS.get(torch.device(device).type, AUTO_MAX_TOKENS["cpu"])
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(key, f"expected auto, null or an integer >= 1, got {max_tokens!r}")
+    return max_tokens
+
+
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())

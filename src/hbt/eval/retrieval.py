@@ -57,18 +57,19 @@ class Evaluator:
         shard_dir: str | None = None,
         at_k: tuple[str, ...] = ("recall",),
         precision: str = "auto",
-        max_tokens: int | None = 16384,
+        max_tokens: int | str | None = "auto",
         embedding_dtype: str = "float32",
     ):
         from hbt.errors import ConfigError
-        from hbt.hardware import EMBEDDING_DTYPES, encode_precision
+        from hbt.hardware import EMBEDDING_DTYPES, encode_precision, token_budget
 
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
             raise ConfigError("evaluator.settings", f"unknown settings {unknown}; expected a subset of {list(SETTINGS)}")
-        if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
-            raise ConfigError("evaluator.batch_size" if batch_size < 1 else "evaluator.max_tokens", f"must be >= 1, got {batch_size if batch_size < 1 else max_tokens}")
-        encode_precision(precision, "cpu")  # a bad value stops here, before any model is loaded
+        if batch_size < 1:
+            raise ConfigError("evaluator.batch_size", f"must be >= 1, got {batch_size}")
+        encode_precision(precision, "cpu")  # bad values stop here, before any model is loaded
+        token_budget(max_tokens, "cpu")
         if embedding_dtype not in EMBEDDING_DTYPES:
             raise ConfigError("evaluator.embedding_dtype", f"expected one of {', '.join(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
         self.batch_size, self.max_tokens, self.precision, self.embedding_dtype = batch_size, max_tokens, precision, embedding_dtype
@@ -102,7 +103,7 @@ class Evaluator:
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         options = self.encode_options(encoder)
         log.info("encoding in %s (evaluator.precision=%s), batches of at most %d texts and %s tokens, embeddings as %s",
-                 options["precision"], self.precision, self.batch_size, self.max_tokens or "any number of", self.embedding_dtype)
+                 options["precision"], self.precision, self.batch_size, options["max_tokens"] or "any number of", self.embedding_dtype)
         results = {}
         self.query_rows = []
         for name, bench in benchmarks.items():
@@ -181,11 +182,11 @@ class Evaluator:
     def encode_options(self, encoder: Encoder, progress: bool | None = None) -> dict:
         """How :meth:`Encoder.encode` runs: batches, token budget, precision resolved for the encoder's
         device (``auto``: bf16 where the hardware has it), and the dtype embeddings are kept in."""
-        from hbt.hardware import EMBEDDING_DTYPES, encode_precision
+        from hbt.hardware import EMBEDDING_DTYPES, encode_precision, token_budget
 
         device = next(encoder.parameters()).device
         return {
-            "batch_size": self.batch_size, "max_tokens": self.max_tokens, "precision": encode_precision(self.precision, device),
+            "batch_size": self.batch_size, "max_tokens": token_budget(self.max_tokens, device), "precision": encode_precision(self.precision, device),
             "dtype": EMBEDDING_DTYPES[self.embedding_dtype], "progress": self.progress if progress is None else progress,
         }
 

@@ -114,7 +114,7 @@ def _encode_worker(rank, world, port, out_dir):
         from hbt.data.toy import toy_benchmark
         from hbt.eval.retrieval import Evaluator
 
-        results = Evaluator(ks=(1, 10)).evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
+        results = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
         torch.save(results, os.path.join(out_dir, f"eval{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -122,10 +122,11 @@ def _encode_worker(rank, world, port, out_dir):
 
 @pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path):
+    """In fp32: bf16 rounds differently in other batch compositions (each rank encodes its own shard)."""
     from hbt.data.toy import toy_benchmark
     from hbt.eval.retrieval import Evaluator
 
-    expected = Evaluator(ks=(1, 10)).evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
+    expected = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
     mp.spawn(_encode_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"eval{rank}.pt")

@@ -8,7 +8,7 @@ seed so that a partial run is already a complete table for its first seeds. Resu
 results.json exists is not run again. Writes the table to docs/paper_reproduction_table.md and the
 ratio curve to docs/ratio_curve.png (docs/paper_reproduction.md discusses them).
 
-    python benchmarks/reproduce_paper.py                  # about two hours on an idle 2-core machine
+    python benchmarks/reproduce_paper.py                  # ~13 runs of ~5 minutes each on a 2-core machine (bf16)
     python benchmarks/reproduce_paper.py --main-seeds 5   # more seeds for the three main ratios
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def write_docs(out: Path, args, docs: Path) -> None:
     by_ratio = {ratio: [load_run(r) for r in paths] for ratio, paths in runs.items()}
     header = "| run | seeds | " + " | ".join(f"{s} {m}" for s, m in SETTINGS) + " |"
     lines = [header, "|" + "---|" * (len(SETTINGS) + 2)]
-    lines.append("| zero-shot | - | " + " | ".join(f"{metric(zero, s, m):.4f}" for s, m in SETTINGS) + " |")
+    lines.append("| zero-shot | - | " + " | ".join(f"{metric(zero, s, m):.{1 if m == 'rank_distance' else 4}f}" for s, m in SETTINGS) + " |")
     for ratio in sorted(by_ratio, key=lambda r: (r not in (0.0, 0.5, 1.0), r)):
         rows = by_ratio[ratio]
         cells = []

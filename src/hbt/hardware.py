@@ -50,8 +50,9 @@ def encode_precision(precision: str, device: torch.device | str, key: str = "eva
     return "bf16" if kind == "cpu" and cpu_has_bf16() else "fp32"
 
 
-# Padded tokens per encoding batch under ``max_tokens: auto``. CPU: the fastest budget measured on 2 cores
-# with multilingual-e5-small (4096 of 2048-16384, docs/benchmarks.md); GPUs: large batches (not measured).
+# Padded tokens per encoding batch under ``max_tokens: auto``. CPU: measured on 2 cores with
+# multilingual-e5-small, 4096 and 8192 are the fastest of 2048-16384 (within noise; docs/benchmarks.md);
+# GPUs: large batches (not measured).
 AUTO_MAX_TOKENS = {"cpu": 4096, "cuda": 32768}
 
 
@@ -64,6 +65,13 @@ def token_budget(max_tokens, device: torch.device | str, key: str = "evaluator.m
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(key, f"expected auto, null or an integer >= 1, got {max_tokens!r}")
     return max_tokens
+
+
+def encoding(precision: str, max_tokens, device: torch.device | str, section: str) -> dict:
+    """``precision`` and ``max_tokens`` of :meth:`Encoder.encode` resolved for ``device``; a bad value is
+    a ConfigError naming ``<section>.precision`` or ``<section>.max_tokens`` (``evaluator``, ``mine``)."""
+    return {"precision": encode_precision(precision, device, f"{section}.precision"),
+            "max_tokens": token_budget(max_tokens, device, f"{section}.max_tokens")}
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:

@@ -105,18 +105,16 @@ class Miner:
         self.pool_mode, self.batch_size, self.query_block, self.shard_size = pool, batch_size, query_block, shard_size
         self.searcher = searcher or FaissSearcher()
         self.progress = progress
-        from hbt.hardware import encode_precision, token_budget
+        from hbt.hardware import encoding
 
-        encode_precision(precision, "cpu", key="mine.precision")  # bad values stop before the model loads
-        token_budget(max_tokens, "cpu", key="mine.max_tokens")
+        encoding(precision, max_tokens, "cpu", "mine")  # bad values stop before the model loads
         self.precision, self.max_tokens = precision, max_tokens
 
     def _encode(self, encoder, texts: list[str], kind: str, lang) -> np.ndarray:
-        from hbt.hardware import encode_precision, token_budget
+        from hbt.hardware import encoding
 
-        device = next(encoder.parameters()).device
-        precision, budget = encode_precision(self.precision, device, key="mine.precision"), token_budget(self.max_tokens, device, key="mine.max_tokens")
-        return encoder.encode(texts, kind, lang, self.batch_size, self.progress, precision=precision, max_tokens=budget).numpy()
+        options = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "mine")
+        return encoder.encode(texts, kind, lang, self.batch_size, self.progress, **options).numpy()
 
     def mine_language(self, encoder, store, lang: str, work: Path, keys: np.ndarray | None = None) -> tuple[dict[int, list[str]], Counter]:
         """Hard negatives of language ``lang`` for every item that has it: ``{item: [texts]}``

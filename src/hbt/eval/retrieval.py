@@ -61,15 +61,14 @@ class Evaluator:
         embedding_dtype: str = "float32",
     ):
         from hbt.errors import ConfigError
-        from hbt.hardware import EMBEDDING_DTYPES, encode_precision, token_budget
+        from hbt.hardware import EMBEDDING_DTYPES, encoding
 
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
             raise ConfigError("evaluator.settings", f"unknown settings {unknown}; expected a subset of {list(SETTINGS)}")
         if batch_size < 1:
             raise ConfigError("evaluator.batch_size", f"must be >= 1, got {batch_size}")
-        encode_precision(precision, "cpu")  # bad values stop here, before any model is loaded
-        token_budget(max_tokens, "cpu")
+        encoding(precision, max_tokens, "cpu", "evaluator")  # bad values stop here, before any model is loaded
         if embedding_dtype not in EMBEDDING_DTYPES:
             raise ConfigError("evaluator.embedding_dtype", f"expected one of {', '.join(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
         self.batch_size, self.max_tokens, self.precision, self.embedding_dtype = batch_size, max_tokens, precision, embedding_dtype
@@ -182,11 +181,10 @@ class Evaluator:
     def encode_options(self, encoder: Encoder, progress: bool | None = None) -> dict:
         """How :meth:`Encoder.encode` runs: batches, token budget, precision resolved for the encoder's
         device (``auto``: bf16 where the hardware has it), and the dtype embeddings are kept in."""
-        from hbt.hardware import EMBEDDING_DTYPES, encode_precision, token_budget
+        from hbt.hardware import EMBEDDING_DTYPES, encoding
 
-        device = next(encoder.parameters()).device
         return {
-            "batch_size": self.batch_size, "max_tokens": token_budget(self.max_tokens, device), "precision": encode_precision(self.precision, device),
+            "batch_size": self.batch_size, **encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator"),
             "dtype": EMBEDDING_DTYPES[self.embedding_dtype], "progress": self.progress if progress is None else progress,
         }
 

@@ -6,7 +6,7 @@ from conftest import ROOT, compose_config, last_line, run_cli
 
 import hbt.hardware
 from hbt.errors import ConfigError
-from hbt.hardware import check_fsdp, cpu_has_bf16, default_precision, encode_precision, fsdp_wrap_classes, resolve_precision, uses_gpu
+from hbt.hardware import check_fsdp, cpu_has_bf16, default_precision, encode_precision, fsdp_wrap_classes, is_fsdp, resolve_precision, uses_gpu
 from hbt.models.encoder import Encoder, count_parameters
 
 MT5_XL = {"vocab_size": 250112, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32}
@@ -97,16 +97,23 @@ def test_large_model_configs_fit_an_80gb_gpu(tmp_path):
         assert "FSDPStrategy" in cfg.trainer.strategy._target_
 
 
-@pytest.mark.slow
-def test_fsdp_with_gradcache_is_refused_before_training(tmp_path, make_cfg):
+def test_fsdp_with_gradcache_is_refused_before_training(make_cfg):
+    """(train.py's own one line for it runs in tests/test_gpu_smoke.py: fsdp/gradcache-refused.)"""
     from hbt.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="loss.chunk_size: GradCache is not supported with trainer=fsdp"):
-        check_fsdp(make_cfg("train", ["trainer=fsdp", "loss.chunk_size=4"]))
-    check_fsdp(make_cfg("train", ["trainer=fsdp"]))  # without GradCache it is accepted
-    proc = run_cli("train.py", "trainer=fsdp", "loss.chunk_size=4", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 1
-    assert last_line(proc.stderr).startswith("config error: loss.chunk_size: GradCache is not supported with trainer=fsdp")
+    for trainer in ("fsdp", "fsdp_cpu"):
+        with pytest.raises(ConfigError, match="loss.chunk_size: GradCache is not supported with trainer=fsdp"):
+            check_fsdp(make_cfg("train", [f"trainer={trainer}", "loss.chunk_size=4"]))
+        check_fsdp(make_cfg("train", [f"trainer={trainer}"]))  # without GradCache it is accepted
+
+
+def test_fsdp_on_cpu_takes_full_precision_only(make_cfg):
+    from hbt.errors import ConfigError
+
+    assert is_fsdp(make_cfg("train", ["trainer=fsdp_cpu"]).trainer)
+    with pytest.raises(ConfigError, match="trainer.precision: trainer=fsdp_cpu runs in full precision only"):
+        check_fsdp(make_cfg("train", ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed"]))
+    check_fsdp(make_cfg("train", ["trainer=fsdp", "trainer.precision=bf16-mixed"]))  # on GPUs bf16 is the default
 
 
 @pytest.mark.slow

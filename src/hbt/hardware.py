@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -119,12 +120,20 @@ def is_fsdp(trainer_cfg: DictConfig) -> bool:
     strategy = trainer_cfg.get("strategy")
     if isinstance(strategy, str):
         return strategy.startswith("fsdp")
-    return strategy is not None and "FSDP" in str(strategy.get("_target_", ""))
+    return strategy is not None and "fsdp" in str(strategy.get("_target_", "")).lower()
 
 
 def check_fsdp(cfg: DictConfig) -> None:
     if not is_fsdp(cfg.trainer):
         return
+    strategy = cfg.trainer.get("strategy")
+    on_cpu = not isinstance(strategy, str) and str(strategy.get("_target_", "")).endswith("cpu_fsdp_strategy")
+    if on_cpu and str(cfg.trainer.get("precision")) not in ("32-true", "32"):
+        raise ConfigError(
+            "trainer.precision",
+            f"trainer=fsdp_cpu runs in full precision only (32-true), got {cfg.trainer.get('precision')}: "
+            "FSDP's bf16 parameters meet fp32 inputs in CPU layer norms, which torch does not support",
+        )
     if cfg.loss.get("chunk_size"):
         raise ConfigError(
             "loss.chunk_size",
@@ -139,9 +148,66 @@ def fsdp_wrap_classes(encoder: torch.nn.Module) -> set[type]:
     return {type(module) for module in encoder.modules() if type(module).__name__ in names}
 
 
+@contextmanager
+def _full_state_dicts_in_place():
+    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    def context(module, world_size, rank0_only=True):
+        return FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+                                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
+
+    saved = lightning_fsdp._get_full_state_dict_context
+    lightning_fsdp._get_full_state_dict_context = context
+    try:
+        yield
+    finally:
+        lightning_fsdp._get_full_state_dict_context = saved
+
+
+def cpu_fsdp_strategy(**kwargs):
+    """``trainer=fsdp_cpu``: Lightning's FSDP strategy over gloo on CPU processes, the same sharding,
+    wrapping, state-dict and checkpoint code as ``trainer=fsdp`` on GPUs, so that CI tests the FSDP path.
+    torch's FSDP runs on CPU; Lightning refuses the strategy there by name only (it checks the exact
+    class), which a subclass passes. Full precision only: FSDP's bf16 parameters meet fp32 inputs in
+    CPU layer norms, which torch does not support."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+                # Lightning passes device_id=None on CPU, which torch reads as "find an accelerator".
+                model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                                                 sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+                self.kwargs.pop("auto_wrap_policy", None)  # applied above
+            return super()._setup_model(model)
+
+        # Lightning gathers full state dicts with offload_to_cpu=True; on CPU that "offload" frees the
+        # gathered storage that the clone then reads (a segfault in torch), so it is turned off here.
+        def lightning_module_state_dict(self):
+            with _full_state_dicts_in_place():
+                return super().lightning_module_state_dict()
+
+        def optimizer_state(self, optimizer):
+            with _full_state_dicts_in_place():
+                return super().optimizer_state(optimizer)
+
+        def load_checkpoint(self, *args, **kwargs):
+            with _full_state_dicts_in_place():
+                return super().load_checkpoint(*args, **kwargs)
+
+    return CPUFSDPStrategy(**kwargs)
+
+
 def fsdp_strategy(strategy_cfg: DictConfig, encoder: torch.nn.Module):
     from hydra.utils import instantiate
 
+    # Evaluation (the callback's and the final one, in eval mode) unshards full-precision weights, as
+    # evaluate.py runs the export: without it FSDP's bf16 parameters give slightly different numbers.
+    os.environ["FSDP_USE_FULL_PREC_IN_EVAL"] = "1"
     classes = fsdp_wrap_classes(encoder)
     return instantiate(strategy_cfg, **({"auto_wrap_policy": classes} if classes else {}))
 

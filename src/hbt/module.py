@@ -98,6 +98,10 @@ class RetrieverModule(L.LightningModule):
         uses. DDP without ``find_unused_parameters`` would fail on it at the next step with an internal
         message; here it is one line naming the parameters."""
         self._unused_checked = True
+        if self._fsdp_root() is not None:
+            # FSDP shards the gradients (a parameter outside this rank's shard has none here) and has no
+            # trouble with unused parameters: there is nothing to check.
+            return
         unused = [name for name, p in self.encoder.named_parameters() if p.requires_grad and p.grad is None]
         if unused:
             shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")

@@ -60,8 +60,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
 
     metrics: dict = {}
-    with full_parameters(trainer):  # under FSDP every rank gathers the whole encoder for these two
-        if trainer.is_global_zero:
+    sharded = is_fsdp(cfg.trainer)
+    if sharded:
+        export_sharded(trainer, cfg, out / "model")
+    with full_parameters(trainer):  # under FSDP every rank gathers the whole encoder for the evaluation
+        if trainer.is_global_zero and not sharded:
             export_encoder(encoder, out / "model")
         # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
         results, per_query = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)
@@ -156,6 +159,21 @@ def encoder_from_checkpoint(path: str | os.PathLike) -> Encoder:
     state = {k[len("encoder.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")}
     encoder.load_state_dict(state)
     return encoder
+
+
+def export_sharded(trainer: L.Trainer, cfg: DictConfig, directory: Path) -> None:
+    """The export under FSDP: every rank takes part in gathering the full state dict onto rank 0 (in CPU
+    memory), which loads it into a fresh, unwrapped encoder of the same config and exports that. Saving
+    the FSDP-wrapped encoder itself would run FSDP's state-dict hooks over layers that the export
+    rewrites (merging LoRA adapters replaces them), which FSDP refuses. Rank 0 needs CPU memory for the
+    model twice (the gathered weights and the fresh encoder)."""
+    state = trainer.strategy.lightning_module_state_dict()
+    if trainer.is_global_zero:
+        plain: Encoder = instantiate(cfg.model)
+        plain.load_state_dict({key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")})
+        export_encoder(plain, directory)
+    del state
+    trainer.strategy.barrier()
 
 
 def export_encoder(encoder: Encoder, directory: Path) -> None:

@@ -1,0 +1,137 @@
+"""Values computed by hand: InfoNCE and its symmetric form on a few 2-d unit vectors, the learning-rate
+schedule step by step, and GradCache's RNG replay with dropout on (with the negative control that fails
+when the replay is taken out)."""
+import math
+
+import pytest
+import torch
+
+from hbt.loss import InfoNCELoss
+from hbt.module import warmup_linear
+
+
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+# Two queries and three candidates on the unit circle: cosines are cos(angle difference).
+QUERIES = [unit(0), unit(90)]
+PASSAGES = [unit(30), unit(120), unit(200)]  # query 0's positive, query 1's positive, a hard negative
+T = 0.5
+
+
+def cross_entropy(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(x) for x in logits))
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return a[0] * b[0] + a[1] * b[1]
+
+
+def by_hand_forward(masked: tuple[int, int] | None = None) -> float:
+    total = 0.0
+    for i, q in enumerate(QUERIES):
+        logits = [cosine(q, p) / T for p in PASSAGES]
+        if masked is not None and masked[0] == i:
+            logits.pop(masked[1])  # a masked candidate is left out of the softmax
+        total += cross_entropy(logits, i)
+    return total / len(QUERIES)
+
+
+def tensors():
+    return torch.tensor(QUERIES, dtype=torch.float64), torch.tensor(PASSAGES, dtype=torch.float64), torch.tensor([0, 1])
+
+
+def test_infonce_equals_the_formula_by_hand():
+    q, p, targets = tensors()
+    loss, stats = InfoNCELoss(temperature=T)(q, p, targets)
+    # Query 0: cosines 0.8660, -0.5, -0.9397 -> logits 1.7321, -1, -1.8794 -> -1.7321 + ln(6.1726) = 0.0881.
+    # Query 1: cosines 0.5, 0.8660, -0.3420 -> logits 1, 1.7321, -0.6840 -> -1.7321 + ln(8.8749) = 0.4512.
+    assert by_hand_forward() == pytest.approx((0.0881 + 0.4512) / 2, abs=1e-4)
+    assert loss.item() == pytest.approx(by_hand_forward(), abs=1e-12)
+    assert stats["accuracy"].item() == 1.0
+    assert stats["pos_sim"].item() == pytest.approx((cosine(QUERIES[0], PASSAGES[0]) + cosine(QUERIES[1], PASSAGES[1])) / 2, abs=1e-12)
+
+
+def test_symmetric_infonce_averages_both_directions_by_hand():
+    q, p, targets = tensors()
+    loss, _ = InfoNCELoss(temperature=T, symmetric=True)(q, p, targets)
+    # Backward direction: each positive retrieves its own query among the queries.
+    back = sum(cross_entropy([cosine(PASSAGES[i], query) / T for query in QUERIES], i) for i in range(2)) / 2
+    assert loss.item() == pytest.approx((by_hand_forward() + back) / 2, abs=1e-12)
+    assert back != pytest.approx(by_hand_forward(), abs=1e-3)  # the two directions differ: the average is no copy of one
+
+
+def test_masking_and_targets_change_the_loss_as_the_formula_says():
+    """Negative controls: the loss must move when a candidate is masked or the targets are wrong."""
+    q, p, targets = tensors()
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    mask[0, 2] = True
+    masked, _ = InfoNCELoss(temperature=T)(q, p, targets, mask=mask)
+    assert masked.item() == pytest.approx(by_hand_forward(masked=(0, 2)), abs=1e-12)
+    assert masked.item() < InfoNCELoss(temperature=T)(q, p, targets)[0].item()
+    wrong, _ = InfoNCELoss(temperature=T)(q, p, torch.tensor([1, 0]))
+    assert wrong.item() > 2.0 > by_hand_forward()
+
+
+def test_warmup_linear_step_by_step():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_linear(optimizer, total_steps=10, warmup_ratio=0.2)  # warmup: ceil(10 * 0.2) = 2 steps
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
+    # At least one step of warmup, and never below zero past the end.
+    tiny = warmup_linear(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=3, warmup_ratio=0.0)
+    assert [tiny.lr_lambdas[0](s) for s in range(5)] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+
+
+def grad_cache_and_reference(monkeypatch=None):
+    """GradCache's gradients and the reference: the same chunks encoded with a graph in the same RNG order
+    (so with the same dropout masks as GradCache's first pass), the loss on their concatenation."""
+    from test_loss_ddp import make_batch
+
+    from hbt.models.encoder import Encoder
+    from hbt.module import RetrieverModule
+
+    def module():
+        torch.manual_seed(0)
+        encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
+        for layer in encoder.modules():
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = 0.3  # dropout on: every pass draws its own masks unless the RNG is replayed
+        return RetrieverModule(encoder, InfoNCELoss(0.05, chunk_size=3), optimizer=torch.optim.AdamW)
+
+    batch = make_batch()
+    cached = module()
+    torch.manual_seed(1)
+    cached.grad_cache_backward(batch)
+    got = {n: p.grad.clone() for n, p in cached.encoder.named_parameters() if p.grad is not None}
+
+    reference = module()
+    torch.manual_seed(1)
+    from hbt.module import _split_inputs
+
+    embeddings = {kind: torch.cat([reference.encoder(chunk) for chunk in _split_inputs(batch[kind], 3)]) for kind in ("query", "passage")}
+    loss, _ = reference.contrastive_loss(embeddings["query"], embeddings["passage"], None, reference.batch_keys(batch))
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in reference.encoder.named_parameters() if p.grad is not None}
+    return got, want
+
+
+def test_grad_cache_replays_the_rng_so_dropout_masks_match_with_dropout_on():
+    got, want = grad_cache_and_reference()
+    assert got.keys() == want.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_without_the_rng_replay_the_gradients_differ(monkeypatch):
+    """The negative control of the test above: with the replay removed it must fail."""
+    import hbt.module
+
+    monkeypatch.setattr(hbt.module, "_set_rng_state", lambda state: None)
+    got, want = grad_cache_and_reference()
+    assert any(not torch.allclose(got[name], want[name], atol=1e-5, rtol=1e-4) for name in got)

@@ -28,10 +28,12 @@ def test_corpus_size_languages_scripts_and_disjoint_splits():
 
 def test_benchmark_relevance_points_at_the_items_passage():
     bench = toy_benchmark("test", ["en", "zh"])
+    items = {item.id: item for item in toy_items("test", ["en", "zh"])}
     for lang in ("en", "zh"):
-        for qid, _ in bench.queries[lang]:
+        for qid, question in bench.queries[lang]:
             (pos,) = bench.relevant[lang][qid]
-            assert qid.split("-")[0]  # ids are "<territory>-<fact>"
+            assert question == items[qid].questions[lang]
+            assert bench.candidates[lang][pos] == items[qid].passages[lang]  # the one relevant passage is the item's own
         assert len(bench.candidates[lang]) == len(bench.queries[lang])
     en_q = dict(bench.queries["en"])
     qid = next(iter(en_q))

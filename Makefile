@@ -9,7 +9,7 @@ FAISS ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hbt-installed
 
-.PHONY: setup train test clean
+.PHONY: setup train lint test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py
 
-test: $(STAMP)
+# ruff's lint and format check first (seconds), then the whole suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:

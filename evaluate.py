@@ -1,4 +1,5 @@
 """Evaluate a checkpoint or any Hugging Face encoder: `python evaluate.py ckpt_path=... eval=xquad_r`."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,4 +1,5 @@
 """Train a multilingual retriever with hybrid batches: `python train.py model=xlmr_base sampler.ratio=0.3`."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,4 +1,5 @@
 """Shared set-up for the benchmark scripts: the models they compare on and the batches they feed."""
+
 from __future__ import annotations
 
 import os

@@ -7,13 +7,13 @@ data pairs/s ÷ training pairs/s: far above 1 means the GPU/CPU never waits for 
     python benchmarks/data_throughput.py --model tiny
     python benchmarks/data_throughput.py --model me5_small --batch-size 16 --max-length 64
 """
+
 from __future__ import annotations
 
 import argparse
 from types import SimpleNamespace
 
 import torch
-
 from common import Stopwatch, make_datamodule, make_encoder
 from train_throughput import plain_loop
 
@@ -41,7 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     encoder = make_encoder(args.model, args.max_length)
     data = {cache: data_pairs_per_second(encoder, args.batch_size, cache, args.data_batches) for cache in (True, False)}
-    train = plain_loop(SimpleNamespace(model=args.model, max_length=args.max_length, batch_size=args.batch_size, steps=args.train_steps, warmup=2, lr=3e-5))
+    train = plain_loop(
+        SimpleNamespace(model=args.model, max_length=args.max_length, batch_size=args.batch_size, steps=args.train_steps, warmup=2, lr=3e-5)
+    )
     print(f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} threads={torch.get_num_threads()}")
     print(f"{'path':<36}{'pairs/s':>10}{'÷ training':>12}")
     print(f"{'training step (forward+backward+AdamW)':<36}{train:>10.1f}{1.0:>12.2f}")

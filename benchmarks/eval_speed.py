@@ -6,13 +6,14 @@ at most 5% of the encoding time.
 
     python benchmarks/eval_speed.py --model me5_small
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
-
 from common import SHARED, Stopwatch, make_encoder
+
 from hbt.eval.lareqa import load_lareqa
 from hbt.eval.retrieval import Evaluator
 

@@ -19,6 +19,7 @@ builds one). Checks, each printed as pass / FAIL / skip with its time and detail
 
 Exit status 1 if any check fails. ``--out FILE`` also writes the rows as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,14 @@ def record(name: str, status: str, seconds: float, detail: str = "") -> None:
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HYDRA_FULL_ERROR": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+        "HYDRA_FULL_ERROR": "1",
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -97,7 +105,9 @@ def step_time(family: str, path: Path, device: str) -> None:
                 times.append(time.perf_counter() - t0)
         ok = bool(torch.isfinite(loss)) and not unused
         detail = f"{1000 * sorted(times)[len(times) // 2]:.1f} ms/step (batch 32+32, {'bf16 autocast' if device == 'cuda' else 'fp32'}), loss {loss.item():.3f}"
-        record(f"step/{family}", "pass" if ok else "FAIL", time.perf_counter() - start, detail + (f"; unused {unused[:3]}" if unused else ""))
+        record(
+            f"step/{family}", "pass" if ok else "FAIL", time.perf_counter() - start, detail + (f"; unused {unused[:3]}" if unused else "")
+        )
     except Exception as err:  # a smoke check reports and goes on
         record(f"step/{family}", "FAIL", time.perf_counter() - start, f"{type(err).__name__}: {str(err)[:160]}")
 
@@ -105,9 +115,19 @@ def step_time(family: str, path: Path, device: str) -> None:
 def train_family(family: str, path: Path, work: Path, trainer: list[str]) -> Path | None:
     run = work / f"train-{family}"
     start = time.perf_counter()
-    proc = cli("train.py", f"model={FAMILY_OPTIONS[family]}", f"model.name_or_path={path}", *trainer, "trainer.max_steps=5", "data.batch_size=16",
-               "logger=csv", f"data.train.languages={LANGS}", f"eval.toy.languages={LANGS}", "callbacks.retrieval_eval.at_epoch_end=false",
-               f"hydra.run.dir={run}")
+    proc = cli(
+        "train.py",
+        f"model={FAMILY_OPTIONS[family]}",
+        f"model.name_or_path={path}",
+        *trainer,
+        "trainer.max_steps=5",
+        "data.batch_size=16",
+        "logger=csv",
+        f"data.train.languages={LANGS}",
+        f"eval.toy.languages={LANGS}",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        f"hydra.run.dir={run}",
+    )
     config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
     precision = next((line.split(":", 1)[1].strip() for line in config.splitlines() if line.strip().startswith("precision:")), "?")
     accelerator = next((line.split(":", 1)[1].strip() for line in config.splitlines() if line.strip().startswith("accelerator:")), "?")
@@ -116,30 +136,59 @@ def train_family(family: str, path: Path, work: Path, trainer: list[str]) -> Pat
 
 
 def fsdp_checks(family: str, path: Path, work: Path, trainer: list[str]) -> None:
-    common = [f"model={FAMILY_OPTIONS[family]}", f"model.name_or_path={path}", *trainer, "trainer.max_steps=6", "data.batch_size=16",
-              "logger=csv", f"data.train.languages={LANGS}", f"eval.toy.languages={LANGS}", "callbacks.checkpoint.every_n_train_steps=3",
-              "callbacks.checkpoint.save_top_k=-1", "callbacks.retrieval_eval.at_epoch_end=false", "callbacks.retrieval_eval.every_n_steps=3",
-              "trainer.deterministic=true"]
+    common = [
+        f"model={FAMILY_OPTIONS[family]}",
+        f"model.name_or_path={path}",
+        *trainer,
+        "trainer.max_steps=6",
+        "data.batch_size=16",
+        "logger=csv",
+        f"data.train.languages={LANGS}",
+        f"eval.toy.languages={LANGS}",
+        "callbacks.checkpoint.every_n_train_steps=3",
+        "callbacks.checkpoint.save_top_k=-1",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        "callbacks.retrieval_eval.every_n_steps=3",
+        "trainer.deterministic=true",
+    ]
     start = time.perf_counter()
-    first = check_run("fsdp/train+callback", cli("train.py", *common, f"hydra.run.dir={work / 'fsdp'}"), time.perf_counter() - start, work / "fsdp")
+    first = check_run(
+        "fsdp/train+callback", cli("train.py", *common, f"hydra.run.dir={work / 'fsdp'}"), time.perf_counter() - start, work / "fsdp"
+    )
     if first is None:
         return
     start = time.perf_counter()
-    proc = cli("evaluate.py", f"model={FAMILY_OPTIONS[family]}", f"model.name_or_path={work / 'fsdp' / 'model'}", "logger=csv",
-               f"eval.toy.languages={LANGS}", f"hydra.run.dir={work / 'fsdp-eval'}")
+    proc = cli(
+        "evaluate.py",
+        f"model={FAMILY_OPTIONS[family]}",
+        f"model.name_or_path={work / 'fsdp' / 'model'}",
+        "logger=csv",
+        f"eval.toy.languages={LANGS}",
+        f"hydra.run.dir={work / 'fsdp-eval'}",
+    )
     again = check_run("fsdp/export", proc, time.perf_counter() - start, work / "fsdp-eval")
     if again is not None:
         # The training run's final evaluation (FSDP-wrapped, full-precision weights in eval mode) and
         # evaluate.py on the export compute the same embeddings, so the same metrics.
         gap = max(abs(again["toy"][s]["macro"][m] - v) for s in first["toy"] for m, v in first["toy"][s]["macro"].items())
-        record("fsdp/export-equal", "pass" if gap <= 1e-3 else "FAIL", 0.0, f"max |metric difference| {gap:.2e} (train.py's final evaluation vs evaluate.py)")
+        record(
+            "fsdp/export-equal",
+            "pass" if gap <= 1e-3 else "FAIL",
+            0.0,
+            f"max |metric difference| {gap:.2e} (train.py's final evaluation vs evaluate.py)",
+        )
     start = time.perf_counter()
     ckpt = work / "fsdp" / "checkpoints" / "step3.ckpt"
     proc = cli("train.py", *common, f"ckpt_path={ckpt}", f"hydra.run.dir={work / 'fsdp-resumed'}")
     resumed = check_run("fsdp/resume", proc, time.perf_counter() - start, work / "fsdp-resumed")
     if resumed is not None:
         same = (work / "fsdp-resumed" / "results.json").read_text() == (work / "fsdp" / "results.json").read_text()
-        record("fsdp/resume-exact", "pass" if same else "FAIL", 0.0, "results.json identical to the uninterrupted run" if same else "results.json differs")
+        record(
+            "fsdp/resume-exact",
+            "pass" if same else "FAIL",
+            0.0,
+            "results.json identical to the uninterrupted run" if same else "results.json differs",
+        )
     start = time.perf_counter()
     proc = cli("train.py", *common, "loss.chunk_size=4", f"hydra.run.dir={work / 'fsdp-gradcache'}")
     line = [entry for entry in proc.stderr.strip().splitlines() if entry.strip()][-1:] or [""]
@@ -154,7 +203,12 @@ def fsdp_checks(family: str, path: Path, work: Path, trainer: list[str]) -> None
 
         keys = [k for f in (work / "fsdp-lora" / "model").rglob("*.safetensors") for k in safe_open(str(f), "pt").keys()]
         merged = bool(keys) and not any("lora_" in k for k in keys)
-        record("fsdp/lora-merged", "pass" if merged else "FAIL", 0.0, f"{len(keys)} exported tensors, none an adapter" if merged else "adapters left in the export")
+        record(
+            "fsdp/lora-merged",
+            "pass" if merged else "FAIL",
+            0.0,
+            f"{len(keys)} exported tensors, none an adapter" if merged else "adapters left in the export",
+        )
 
 
 def faiss_check(use_gpu: bool) -> None:
@@ -178,7 +232,12 @@ def faiss_check(use_gpu: bool) -> None:
     _, got = FaissSearcher(index="flat", use_gpu=use_gpu).search(queries, corpus, 10)
     exact = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :10]
     agree = float((got == exact).mean())
-    record("faiss", "pass" if agree > 0.99 else "FAIL", time.perf_counter() - start, f"{'GPU' if use_gpu else 'CPU'} flat search, {gpus} GPU(s) seen, top-10 agreement {agree:.4f}")
+    record(
+        "faiss",
+        "pass" if agree > 0.99 else "FAIL",
+        time.perf_counter() - start,
+        f"{'GPU' if use_gpu else 'CPU'} flat search, {gpus} GPU(s) seen, top-10 agreement {agree:.4f}",
+    )
 
 
 def main() -> int:
@@ -204,7 +263,9 @@ def main() -> int:
         work = Path(tmp)
         start = time.perf_counter()
         dirs = build_all(work / "families", args.tokenizer, families, hidden=args.hidden, layers=2)
-        record("build-families", "pass", time.perf_counter() - start, f"{', '.join(families)} (hidden {args.hidden}, 2 layers, random init)")
+        record(
+            "build-families", "pass", time.perf_counter() - start, f"{', '.join(families)} (hidden {args.hidden}, 2 layers, random init)"
+        )
         skip = set(filter(None, args.skip.split(",")))
         for family in families if "step" not in skip else []:
             step_time(family, dirs[family], device)
@@ -215,9 +276,19 @@ def main() -> int:
             start = time.perf_counter()
             family = families[0]
             ddp = ["trainer=ddp_cpu"] if args.cpu else ["trainer=ddp", "trainer.devices=1"]
-            proc = cli("train.py", f"model={FAMILY_OPTIONS[family]}", f"model.name_or_path={dirs[family]}", *ddp, "trainer.max_steps=3",
-                       "data.batch_size=8", "logger=csv", f"data.train.languages={LANGS}", f"eval.toy.languages={LANGS}",
-                       "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={work / 'ddp'}")
+            proc = cli(
+                "train.py",
+                f"model={FAMILY_OPTIONS[family]}",
+                f"model.name_or_path={dirs[family]}",
+                *ddp,
+                "trainer.max_steps=3",
+                "data.batch_size=8",
+                "logger=csv",
+                f"data.train.languages={LANGS}",
+                f"eval.toy.languages={LANGS}",
+                "callbacks.retrieval_eval.at_epoch_end=false",
+                f"hydra.run.dir={work / 'ddp'}",
+            )
             check_run("ddp", proc, time.perf_counter() - start, work / "ddp", " ".join(ddp))
         if "fsdp" not in skip:  # on CPU: the same strategy over gloo (trainer=fsdp_cpu, full precision)
             sharded = "mt5" if "mt5" in dirs else families[0]
@@ -227,14 +298,22 @@ def main() -> int:
         if exported is not None and "evaluate" not in skip:
             start = time.perf_counter()
             option = FAMILY_OPTIONS[next(f for f, run in trained.items() if run == exported)]
-            proc = cli("evaluate.py", f"model={option}", f"model.name_or_path={exported / 'model'}", "logger=csv", f"eval.toy.languages={LANGS}",
-                       f"hydra.run.dir={work / 'evaluate'}")
+            proc = cli(
+                "evaluate.py",
+                f"model={option}",
+                f"model.name_or_path={exported / 'model'}",
+                "logger=csv",
+                f"eval.toy.languages={LANGS}",
+                f"hydra.run.dir={work / 'evaluate'}",
+            )
             check_run("evaluate", proc, time.perf_counter() - start, work / "evaluate", f"{option} export, encoded on {device}")
         if "faiss" not in skip:
             faiss_check(use_gpu=not args.cpu)
     failed = [row["check"] for row in ROWS if row["status"] == "FAIL"]
-    print(f"\n{len(ROWS) - len(failed)} of {len(ROWS)} checks passed or skipped in {time.perf_counter() - total:.0f}s"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\n{len(ROWS) - len(failed)} of {len(ROWS)} checks passed or skipped in {time.perf_counter() - total:.0f}s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(ROWS, indent=2))
     return 1 if failed else 0

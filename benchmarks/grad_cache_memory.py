@@ -5,6 +5,7 @@ Each configuration runs in a fresh process (peak RSS cannot be reset); on a GPU 
 
     python benchmarks/grad_cache_memory.py --model me5_small --chunk 8 --max-length 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ def one_step(model: str, batch_size: int, chunk: int | None, max_length: int) ->
     from functools import partial
 
     import torch
-
     from common import make_datamodule, make_encoder, peak_rss_mb
+
     from hbt.loss import InfoNCELoss
     from hbt.module import RetrieverModule
 
@@ -68,12 +69,28 @@ def main() -> None:
     results = {}
     for name, (batch, chunk) in configs.items():
         out = subprocess.run(
-            [sys.executable, __file__, "--model", args.model, "--max-length", str(args.max_length), "--_child", str(batch), str(chunk), "x"],
-            check=True, capture_output=True, text=True, cwd=HERE,
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--max-length",
+                str(args.max_length),
+                "--_child",
+                str(batch),
+                str(chunk),
+                "x",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=HERE,
         )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     base = next(iter(results.values()))
-    print(f"\nmodel={args.model} max_length={args.max_length} device={base['device']} (peak {'RSS' if base['device'] == 'cpu' else 'CUDA allocated'})")
+    print(
+        f"\nmodel={args.model} max_length={args.max_length} device={base['device']} (peak {'RSS' if base['device'] == 'cpu' else 'CUDA allocated'})"
+    )
     print(f"{'configuration':<40}{'peak MB':>10}{'ratio':>8}{'above set-up MB':>17}{'ratio':>8}")
     for name, r in results.items():
         extra, base_extra = r["peak_mb"] - r["setup_mb"], base["peak_mb"] - base["setup_mb"]

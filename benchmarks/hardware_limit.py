@@ -14,6 +14,7 @@ extra work the hardware does, is not counted as useful work.
 On a GPU host the same script measures the GPU (its bf16 and fp32 matmul peak, MFU of encoding and
 training, sentence-transformers on the GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,9 @@ import time
 from types import SimpleNamespace
 
 import torch
-
+import train_throughput
 from common import SHARED, make_encoder
 
-import train_throughput
 from hbt.eval.lareqa import lareqa_items, load_lareqa
 from hbt.hardware import default_precision, encode_precision, token_budget
 from hbt.models.encoder import token_batches
@@ -122,7 +122,9 @@ def main() -> None:
         model.max_seq_length = args.max_length
 
     def hbt_encode(precision: str, budget: int | None = None):
-        return lambda: encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=budget or args.max_tokens, precision=precision)
+        return lambda: encoder.encode(
+            texts, "passage", batch_size=args.batch_size, max_tokens=budget or args.max_tokens, precision=precision
+        )
 
     def st_encode(kind: str, batch: int):
         return lambda: st[kind].encode(texts, batch_size=batch, prompt="passage: ", normalize_embeddings=True, convert_to_tensor=True)
@@ -142,11 +144,22 @@ def main() -> None:
     agreement = float((reference * mine).sum(1).min())
 
     train_items = lareqa_items(SHARED / "data" / "xquad-r", articles="train")
-    train_args = SimpleNamespace(model="me5_small", batch_size=args.train_batch, max_length=args.train_length, steps=args.train_steps, warmup=2,
-                                 lr=3e-5, items=train_items, precision=default_precision(device.type == "cuda"), st_bf16=False)
+    train_args = SimpleNamespace(
+        model="me5_small",
+        batch_size=args.train_batch,
+        max_length=args.train_length,
+        steps=args.train_steps,
+        warmup=2,
+        lr=3e-5,
+        items=train_items,
+        precision=default_precision(device.type == "cuda"),
+        st_bf16=False,
+    )
     trainers = {
         f"hbt train (default: {train_args.precision})": lambda: train_throughput.hbt_lightning(train_args),
-        "ST train (default: fp32)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": False})),
+        "ST train (default: fp32)": lambda: train_throughput.sentence_transformers(
+            SimpleNamespace(**{**vars(train_args), "st_bf16": False})
+        ),
         "ST train (bf16)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": True})),
     }
 
@@ -176,21 +189,27 @@ def main() -> None:
     st_bf16_best = max(enc["ST encode (bf16, batch 32)"], enc["ST encode (bf16, batch 128)"])
     hbt_train = train[f"hbt train (default: {train_args.precision})"]
     flops_per_text = encode_flops / len(texts)
-    print(f"\ndevice={device} ({torch.get_num_threads()} threads), torch {torch.__version__}, model multilingual-e5-small, "
-          f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}")
+    print(
+        f"\ndevice={device} ({torch.get_num_threads()} threads), torch {torch.__version__}, model multilingual-e5-small, "
+        f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}"
+    )
     print(f"embeddings, hbt default vs ST fp32: min cosine {agreement:.6f}")
     print(f"\nmatmul peak ({n}x{n}): bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s")
     print(f"\n{'encoding':<48}{'texts/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
     for name, rate in enc.items():
         flops = rate * flops_per_text
         print(f"{name:<48}{rate:>10.1f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
-    print(f"\n{'training (batch %d, length %d)' % (args.train_batch, args.train_length):<48}{'pairs/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
+    print(
+        f"\n{f'training (batch {args.train_batch}, length {args.train_length})':<48}{'pairs/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}"
+    )
     for name, rate in train.items():
         flops = rate * pair_flops
         print(f"{name:<48}{rate:>10.2f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
     print("\npadding (share of the encoded tokens that are padding):")
-    print(f"  hbt: token-sorted, <= {args.batch_size} texts and {args.max_tokens} tokens: "
-          f"{100 * padding_fraction(token_batches(lengths, args.batch_size, args.max_tokens), lengths):.1f}%")
+    print(
+        f"  hbt: token-sorted, <= {args.batch_size} texts and {args.max_tokens} tokens: "
+        f"{100 * padding_fraction(token_batches(lengths, args.batch_size, args.max_tokens), lengths):.1f}%"
+    )
     print(f"  character-sorted, batch 32 (sentence-transformers): {100 * padding_fraction(char_sorted(texts, 32), lengths):.1f}%")
     print(f"  character-sorted, batch 128 (hbt before): {100 * padding_fraction(char_sorted(texts, 128), lengths):.1f}%")
     print(f"  training batches (query and passage, padded to each batch's longest): {100 * train_padding:.1f}%")

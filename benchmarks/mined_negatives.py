@@ -9,6 +9,7 @@ Writes the table to docs/mined_negatives_table.md (docs/mining.md discusses it).
 
     python benchmarks/mined_negatives.py          # about 45 minutes on an idle 2-core machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,22 @@ def main() -> None:
 
     mined = out / "mined.jsonl"
     if not mined.exists():
-        run(["-m", "hbt.mine", "data=xquad_r_train", "model=me5_small", f"model.name_or_path={model}", f"output={mined}", "mine.progress=false",
-             "mine.num_negatives=4", "model.max_query_length=64", "model.max_passage_length=96", f"hydra.run.dir={out / 'mine'}"],
-            out / "mine.log")
+        run(
+            [
+                "-m",
+                "hbt.mine",
+                "data=xquad_r_train",
+                "model=me5_small",
+                f"model.name_or_path={model}",
+                f"output={mined}",
+                "mine.progress=false",
+                "mine.num_negatives=4",
+                "model.max_query_length=64",
+                "model.max_passage_length=96",
+                f"hydra.run.dir={out / 'mine'}",
+            ],
+            out / "mine.log",
+        )
     usable = out / f"usable-{args.negatives}.jsonl"
     if not usable.exists():
         rows = [json.loads(line) for line in mined.read_text().splitlines()]
@@ -52,9 +66,21 @@ def main() -> None:
         for k in (args.negatives, 0):
             target = out / f"neg{k}-seed{seed}"
             if not (target / "results.json").exists():
-                run(["train.py", "experiment=xquad_r_me5_small", *common, "data=jsonl", f"data.train.path={usable}", "data.batch_size=16",
-                     f"data.num_hard_negatives={k}", f"sampler.ratio={args.ratio}", f"seed={seed}", f"hydra.run.dir={target}"],
-                    out / f"neg{k}-seed{seed}.log")
+                run(
+                    [
+                        "train.py",
+                        "experiment=xquad_r_me5_small",
+                        *common,
+                        "data=jsonl",
+                        f"data.train.path={usable}",
+                        "data.batch_size=16",
+                        f"data.num_hard_negatives={k}",
+                        f"sampler.ratio={args.ratio}",
+                        f"seed={seed}",
+                        f"hydra.run.dir={target}",
+                    ],
+                    out / f"neg{k}-seed{seed}.log",
+                )
     write_table(out, args, Path(args.docs))
 
 

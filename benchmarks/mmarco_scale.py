@@ -12,6 +12,7 @@ staging files and the Arrow table itself).
     python benchmarks/mmarco_scale.py                       # the grid in docs/benchmarks.md
     python benchmarks/mmarco_scale.py --grid 2:1000000:50000 --keep /tmp/mm
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def generate(root: Path, languages: int, passages: int, items: int, seed: int = 
     if marker.exists() and json.loads(marker.read_text()) == shape:
         return json.loads((root / "lines.json").read_text())
     rng = random.Random(seed)
-    words = [''.join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(5000)]
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(5000)]
     pool = [" ".join(rng.choices(words, k=55)) for _ in range(2000)]
     queries = int(items * 1.5)  # mMARCO: 808k training queries, ~530k with a judged positive
     root.mkdir(parents=True, exist_ok=True)
@@ -73,8 +74,12 @@ def baseline_items(root: Path, languages: list[str]):
     queries = {lang: {q: t for _, (q, t) in read_tsv(root / lang / "queries.train.tsv", 2) if q in qids} for lang in languages}
     passages = {lang: {p: t for _, (p, t) in read_tsv(root / lang / "collection.tsv", 2) if p in pids} for lang in languages}
     for (qid, pos), negs in triples.items():
-        yield ParallelItem(f"{qid}-{pos}", {l: queries[l][qid] for l in languages}, {l: passages[l][pos] for l in languages},
-                           {l: tuple(passages[l][n] for n in negs) for l in languages})
+        yield ParallelItem(
+            f"{qid}-{pos}",
+            {l: queries[l][qid] for l in languages},
+            {l: passages[l][pos] for l in languages},
+            {l: tuple(passages[l][n] for n in negs) for l in languages},
+        )
 
 
 def baseline_rows(root: str, languages: str):
@@ -88,11 +93,10 @@ def baseline_rows(root: str, languages: str):
 def child(root: str, languages: int, method: str) -> None:
     """One measured build (run in a fresh process): prints JSON with seconds and RSS figures."""
     import datasets
+    from common import PeakMemory
 
     from hbt.data.loaders import load_mmarco
     from hbt.data.store import ItemStore, _features
-
-    from common import PeakMemory
 
     langs = LANGUAGES[:languages]
     memory = PeakMemory()
@@ -100,7 +104,9 @@ def child(root: str, languages: int, method: str) -> None:
     if method == "streamed":
         store = load_mmarco(root, langs)
     else:
-        table = datasets.Dataset.from_generator(baseline_rows, features=_features(sorted(langs)), gen_kwargs={"root": root, "languages": ",".join(langs)})
+        table = datasets.Dataset.from_generator(
+            baseline_rows, features=_features(sorted(langs)), gen_kwargs={"root": root, "languages": ",".join(langs)}
+        )
         # (a string: datasets would split a list-valued gen_kwarg into shards, one language each)
         store = ItemStore(table, langs)
     seconds = time.perf_counter() - start
@@ -130,7 +136,9 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmarco-"))
-    print("| languages | passages/lang | items | lines read | streamed s | streamed MB (anon) | baseline s | baseline MB (anon) | time ratio | anon memory ratio |")
+    print(
+        "| languages | passages/lang | items | lines read | streamed s | streamed MB (anon) | baseline s | baseline MB (anon) | time ratio | anon memory ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     try:
         for spec in args.grid:
@@ -142,7 +150,12 @@ def main() -> None:
             mb = lambda r: f"{r['peak_rss_mb']:.0f} ({r['peak_anon_mb']:.0f})"
             row = [languages, passages, items, sum(lines.values()), f"{new['seconds']:.1f}", mb(new)]
             if old:
-                row += [f"{old['seconds']:.1f}", mb(old), f"{new['seconds'] / old['seconds']:.2f}", f"{new['peak_anon_mb'] / old['peak_anon_mb']:.2f}"]
+                row += [
+                    f"{old['seconds']:.1f}",
+                    mb(old),
+                    f"{new['seconds'] / old['seconds']:.2f}",
+                    f"{new['peak_anon_mb'] / old['peak_anon_mb']:.2f}",
+                ]
             print("| " + " | ".join(map(str, row)) + " |", flush=True)
             if not args.keep:
                 import shutil

@@ -18,6 +18,7 @@ the other) or, with GradCache, one chunk. ``--measure`` runs hbt's own training 
 GradCache as configured) on random token ids at full length and prints the measured peak next to the
 estimate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,94 @@ BATCH, QUERY_LEN, PASSAGE_LEN = 100, 64, 256
 ARCHS = {
     "mbert": ("BertConfig", dict(vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
     "labse": ("BertConfig", dict(vocab_size=501153, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
-    "me5_small": ("BertConfig", dict(vocab_size=250037, hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536)),
-    "me5_base": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514)),
-    "me5_large": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514)),
-    "xlmr_base": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514)),
-    "xlmr_large": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514)),
-    "xlmr_xl": ("XLMRobertaXLConfig", dict(vocab_size=250880, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240, max_position_embeddings=514)),
-    "xlmr_xxl": ("XLMRobertaXLConfig", dict(vocab_size=250880, hidden_size=4096, num_hidden_layers=48, num_attention_heads=32, intermediate_size=16384, max_position_embeddings=514)),
+    "me5_small": (
+        "BertConfig",
+        dict(vocab_size=250037, hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
+    ),
+    "me5_base": (
+        "XLMRobertaConfig",
+        dict(
+            vocab_size=250002,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+        ),
+    ),
+    "me5_large": (
+        "XLMRobertaConfig",
+        dict(
+            vocab_size=250002,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            max_position_embeddings=514,
+        ),
+    ),
+    "xlmr_base": (
+        "XLMRobertaConfig",
+        dict(
+            vocab_size=250002,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=514,
+        ),
+    ),
+    "xlmr_large": (
+        "XLMRobertaConfig",
+        dict(
+            vocab_size=250002,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            max_position_embeddings=514,
+        ),
+    ),
+    "xlmr_xl": (
+        "XLMRobertaXLConfig",
+        dict(
+            vocab_size=250880,
+            hidden_size=2560,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            intermediate_size=10240,
+            max_position_embeddings=514,
+        ),
+    ),
+    "xlmr_xxl": (
+        "XLMRobertaXLConfig",
+        dict(
+            vocab_size=250880,
+            hidden_size=4096,
+            num_hidden_layers=48,
+            num_attention_heads=32,
+            intermediate_size=16384,
+            max_position_embeddings=514,
+        ),
+    ),
     "mt5_small": ("MT5Config", dict(vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6)),
     "mt5_base": ("MT5Config", dict(vocab_size=250112, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12)),
     "mt5_large": ("MT5Config", dict(vocab_size=250112, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16)),
     "mt5_xl": ("MT5Config", dict(vocab_size=250112, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32)),
     "mt5_xxl": ("MT5Config", dict(vocab_size=250112, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)),
-    "mbart_large": ("MBartConfig", dict(vocab_size=250054, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                                        decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)),
+    "mbart_large": (
+        "MBartConfig",
+        dict(
+            vocab_size=250054,
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+        ),
+    ),
 }
 
 
@@ -109,17 +184,30 @@ def estimate(option: str, gpus: int = 1) -> dict:
         act = activations(config, per_gpu_batch, QUERY_LEN, checkpointing) + activations(config, per_gpu_batch, PASSAGE_LEN, checkpointing)
     states = 16 * params / shards
     copies = 2 * params / (shards if trainer == "fsdp" else 1)
-    return {"option": option, "params": params, "trainer": trainer, "gpus": shards, "checkpointing": checkpointing, "chunk": chunk,
-            "states_gb": states / GB, "activations_gb": act / GB, "total_gb": (states + copies + act) / GB}
+    return {
+        "option": option,
+        "params": params,
+        "trainer": trainer,
+        "gpus": shards,
+        "checkpointing": checkpointing,
+        "chunk": chunk,
+        "states_gb": states / GB,
+        "activations_gb": act / GB,
+        "total_gb": (states + copies + act) / GB,
+    }
 
 
 def table(gpus_for_fsdp: int) -> str:
-    rows = ["| model | encoder parameters | trainer (GPUs) | grad. checkpointing | GradCache chunk | weights+grads+Adam / GPU | activations | estimated peak / GPU |",
-            "|---|---:|---|---|---:|---:|---:|---:|"]
+    rows = [
+        "| model | encoder parameters | trainer (GPUs) | grad. checkpointing | GradCache chunk | weights+grads+Adam / GPU | activations | estimated peak / GPU |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
     for option in ARCHS:
         e = estimate(option, gpus_for_fsdp)
-        rows.append(f"| {option} | {e['params'] / 1e6:,.0f}M | {e['trainer']} ({e['gpus']}) | {'yes' if e['checkpointing'] else 'no'} | "
-                    f"{e['chunk'] or '-'} | {e['states_gb']:.1f} GB | {e['activations_gb']:.1f} GB | {e['total_gb']:.1f} GB |")
+        rows.append(
+            f"| {option} | {e['params'] / 1e6:,.0f}M | {e['trainer']} ({e['gpus']}) | {'yes' if e['checkpointing'] else 'no'} | "
+            f"{e['chunk'] or '-'} | {e['states_gb']:.1f} GB | {e['activations_gb']:.1f} GB | {e['total_gb']:.1f} GB |"
+        )
     return "\n".join(rows)
 
 
@@ -151,7 +239,10 @@ def measure(option: str) -> None:
     vocab = config.vocab_size
 
     def inputs(length):
-        return {"input_ids": torch.randint(5, vocab, (BATCH, length), device="cuda"), "attention_mask": torch.ones(BATCH, length, dtype=torch.long, device="cuda")}
+        return {
+            "input_ids": torch.randint(5, vocab, (BATCH, length), device="cuda"),
+            "attention_mask": torch.ones(BATCH, length, dtype=torch.long, device="cuda"),
+        }
 
     batch = {"query": inputs(QUERY_LEN), "passage": inputs(PASSAGE_LEN)}
     times = []
@@ -170,8 +261,10 @@ def measure(option: str) -> None:
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / GB
     est = estimate(option)
-    print(f"{option}: {est['params'] / 1e9:.2f}B parameters, checkpointing={checkpointing}, chunk={chunk}: measured peak {peak:.1f} GB "
-          f"(estimate {est['total_gb']:.1f} GB) on {torch.cuda.get_device_name()}, step {min(times):.2f} s at batch {BATCH}, loss {loss.item():.3f}")
+    print(
+        f"{option}: {est['params'] / 1e9:.2f}B parameters, checkpointing={checkpointing}, chunk={chunk}: measured peak {peak:.1f} GB "
+        f"(estimate {est['total_gb']:.1f} GB) on {torch.cuda.get_device_name()}, step {min(times):.2f} s at batch {BATCH}, loss {loss.item():.3f}"
+    )
 
 
 def main() -> None:
@@ -184,7 +277,9 @@ def main() -> None:
             try:
                 measure(option)
             except torch.OutOfMemoryError:
-                print(f"{option}: out of memory at batch {BATCH} on {torch.cuda.get_device_name()} (estimate {estimate(option)['total_gb']:.1f} GB)")
+                print(
+                    f"{option}: out of memory at batch {BATCH} on {torch.cuda.get_device_name()} (estimate {estimate(option)['total_gb']:.1f} GB)"
+                )
             import gc
 
             gc.collect()

@@ -4,6 +4,7 @@ to its own longest row), on XQuAD-R's training pairs with multilingual-e5-small,
 
     python benchmarks/padding.py                   # about 3 minutes on 2 idle cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,8 @@ import statistics
 import time
 
 import torch
-
 from common import SHARED, make_datamodule, make_encoder
+
 from hbt.eval.lareqa import lareqa_items
 
 
@@ -57,10 +58,14 @@ def main() -> None:
             for batch in batches[1:]:
                 step(batch, bf16)
             times[(bf16, groups)].append((time.perf_counter() - start) / args.steps)
-    print(f"\nbatch {args.batch_size}, max length {args.max_length}, {args.steps} steps x {args.repeats} repeats, {torch.get_num_threads()} threads")
+    print(
+        f"\nbatch {args.batch_size}, max length {args.max_length}, {args.steps} steps x {args.repeats} repeats, {torch.get_num_threads()} threads"
+    )
     print(f"{'length_groups':<15}{'padding':>9}{'bf16 s/step':>13}{'fp32 s/step':>13}")
     for groups in args.groups:
-        print(f"{groups:<15}{100 * padding(groups):>8.1f}%{statistics.median(times[(True, groups)]):>13.3f}{statistics.median(times[(False, groups)]):>13.3f}")
+        print(
+            f"{groups:<15}{100 * padding(groups):>8.1f}%{statistics.median(times[(True, groups)]):>13.3f}{statistics.median(times[(False, groups)]):>13.3f}"
+        )
 
 
 if __name__ == "__main__":

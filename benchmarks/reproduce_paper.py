@@ -11,6 +11,7 @@ ratio curve to docs/ratio_curve.png (docs/paper_reproduction.md discusses them).
     python benchmarks/reproduce_paper.py                  # ~13 runs of ~5 minutes each on a 2-core machine (bf16)
     python benchmarks/reproduce_paper.py --main-seeds 5   # more seeds for the three main ratios
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,15 @@ from common import ROOT, me5_small_dir
 
 from hbt.report import load_run
 
-SETTINGS = [("mono", "map"), ("mono", "recall@1"), ("cross", "map"), ("cross", "recall@1"), ("multi", "map"), ("multi", "recall@10"), ("multi", "rank_distance")]
+SETTINGS = [
+    ("mono", "map"),
+    ("mono", "recall@1"),
+    ("cross", "map"),
+    ("cross", "recall@1"),
+    ("multi", "map"),
+    ("multi", "recall@10"),
+    ("multi", "rank_distance"),
+]
 NAMES = {0.0: "X-Y (ratio 0)", 0.25: "ratio 0.25", 0.5: "hybrid (ratio 0.5)", 0.75: "ratio 0.75", 1.0: "X-X (ratio 1)"}
 
 
@@ -44,8 +53,12 @@ def main() -> None:
     parser.add_argument("--side-ratios", type=float, nargs="+", default=[0.25, 0.75])
     parser.add_argument("--side-seeds", type=int, default=2, help="seeds 0..N-1 for each of --side-ratios")
     parser.add_argument("--docs", default=str(ROOT / "docs"))
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                        help="training and evaluation precision (bf16: hbt's default on CPUs with native bf16 and on GPUs)")
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        default="bf16",
+        help="training and evaluation precision (bf16: hbt's default on CPUs with native bf16 and on GPUs)",
+    )
     parser.add_argument("--report-only", action="store_true", help="write the table and plot from the runs that exist; run nothing")
     args = parser.parse_args()
     if args.report_only:
@@ -57,16 +70,37 @@ def main() -> None:
 
     zero = out / "zero-shot"
     if not (zero / "results.json").exists():
-        run(["evaluate.py", "model=me5_small", "eval=xquad_r_heldout", "model.max_query_length=64", "model.max_passage_length=96",
-             "evaluator.batch_size=64", *common, f"hydra.run.dir={zero}"], out / "zero-shot.log")
+        run(
+            [
+                "evaluate.py",
+                "model=me5_small",
+                "eval=xquad_r_heldout",
+                "model.max_query_length=64",
+                "model.max_passage_length=96",
+                "evaluator.batch_size=64",
+                *common,
+                f"hydra.run.dir={zero}",
+            ],
+            out / "zero-shot.log",
+        )
     seeds = {**{r: args.side_seeds for r in args.side_ratios}, **{r: args.main_seeds for r in args.main_ratios}}
     ratios = args.main_ratios + [r for r in args.side_ratios if r not in args.main_ratios]
     plan = [(r, seed) for seed in range(max(seeds.values())) for r in ratios if seed < seeds[r]]
     for ratio, seed in plan:
         target = out / f"ratio{ratio}-seed{seed}"
         if not (target / "results.json").exists():
-            run(["train.py", "experiment=xquad_r_me5_small", *common, train_precision, f"sampler.ratio={ratio}", f"seed={seed}", f"hydra.run.dir={target}"],
-                out / f"ratio{ratio}-seed{seed}.log")
+            run(
+                [
+                    "train.py",
+                    "experiment=xquad_r_me5_small",
+                    *common,
+                    train_precision,
+                    f"sampler.ratio={ratio}",
+                    f"seed={seed}",
+                    f"hydra.run.dir={target}",
+                ],
+                out / f"ratio{ratio}-seed{seed}.log",
+            )
     write_docs(out, args, Path(args.docs))
 
 
@@ -104,7 +138,9 @@ def write_docs(out: Path, args, docs: Path) -> None:
     by_ratio = {ratio: [load_run(r) for r in paths] for ratio, paths in runs.items()}
     header = "| run | seeds | " + " | ".join(f"{s} {m}" for s, m in SETTINGS) + " |"
     lines = [header, "|" + "---|" * (len(SETTINGS) + 2)]
-    lines.append("| zero-shot | - | " + " | ".join(f"{metric(zero, s, m):.{1 if m == 'rank_distance' else 4}f}" for s, m in SETTINGS) + " |")
+    lines.append(
+        "| zero-shot | - | " + " | ".join(f"{metric(zero, s, m):.{1 if m == 'rank_distance' else 4}f}" for s, m in SETTINGS) + " |"
+    )
     for ratio in sorted(by_ratio, key=lambda r: (r not in (0.0, 0.5, 1.0), r)):
         rows = by_ratio[ratio]
         cells = []
@@ -114,8 +150,11 @@ def write_docs(out: Path, args, docs: Path) -> None:
             cells.append(f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if half is not None else ""))
         lines.append(f"| {NAMES.get(ratio, ratio)} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean ± half-width of the 95% Student-t interval over the seeds.", ""]
-    lines += ["Paired randomization tests (10,000 sign flips) on per-query values, each group's seeds averaged per",
-              "query; Holm-adjusted over the settings of one metric; d_z = mean / sd of the per-query differences.", ""]
+    lines += [
+        "Paired randomization tests (10,000 sign flips) on per-query values, each group's seeds averaged per",
+        "query; Holm-adjusted over the settings of one metric; d_z = mean / sd of the per-query differences.",
+        "",
+    ]
     lines += ["| A | B | metric | setting | A | B | A - B | d_z | p | p (Holm) | verdict |", "|" + "---|" * 11]
     for a, b, _ in CLAIMS:
         if a not in runs or b not in runs:
@@ -126,8 +165,10 @@ def write_docs(out: Path, args, docs: Path) -> None:
                 if row["setting"] not in settings or "p" not in row:
                     continue
                 digits = 1 if name == "rank_distance" else 4
-                lines.append(f"| {NAMES[a]} | {NAMES[b]} | {name} | {row['setting']} | {row['A']:.{digits}f} | {row['B']:.{digits}f} | "
-                             f"{row['A - B']:+.{digits}f} | {row['d_z']:+.2f} | {row['p']:.4f} | {row['p (Holm)']:.4f} | {row['verdict']} |")
+                lines.append(
+                    f"| {NAMES[a]} | {NAMES[b]} | {name} | {row['setting']} | {row['A']:.{digits}f} | {row['B']:.{digits}f} | "
+                    f"{row['A - B']:+.{digits}f} | {row['d_z']:+.2f} | {row['p']:.4f} | {row['p (Holm)']:.4f} | {row['verdict']} |"
+                )
     table = "\n".join(lines)
     plot_curve(by_ratio, zero, docs / "ratio_curve.png")
     (docs / "paper_reproduction_table.md").write_text(table + "\n")
@@ -158,13 +199,20 @@ def plot_curve(by_ratio: dict[float, list[dict]], zero: dict, path: Path) -> Non
         line = axes[0].plot(ratios, means, style, label=f"{setting} mAP")[0]
         axes[0].fill_between(ratios, means - halves, means + halves, color=line.get_color(), alpha=0.2)
         axes[0].axhline(metric(zero, setting, "map"), ls=":", color=line.get_color())
-    axes[0].set(xlabel="sampler.ratio (share of X-X batches)", ylabel="mAP (held-out XQuAD-R)", title="mAP vs ratio (band: 95% CI; dotted: zero-shot)")
+    axes[0].set(
+        xlabel="sampler.ratio (share of X-X batches)",
+        ylabel="mAP (held-out XQuAD-R)",
+        title="mAP vs ratio (band: 95% CI; dotted: zero-shot)",
+    )
     axes[0].legend()
     means, halves = band("multi", "rank_distance")
     axes[1].plot(ratios, means, "o-", color="tab:red")
     axes[1].fill_between(ratios, means - halves, means + halves, color="tab:red", alpha=0.2)
-    axes[1].set(xlabel="sampler.ratio", ylabel="mean rank distance (lower = less language bias)",
-                title=f"Language bias vs ratio (zero-shot: {metric(zero, 'multi', 'rank_distance'):.0f})")
+    axes[1].set(
+        xlabel="sampler.ratio",
+        ylabel="mean rank distance (lower = less language bias)",
+        title=f"Language bias vs ratio (zero-shot: {metric(zero, 'multi', 'rank_distance'):.0f})",
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -12,6 +12,7 @@ other in this process. The first `--warmup` steps of each are not timed.
 ``--model micro`` (one layer, 16 wide) leaves next to no compute in a step, so the difference in step time
 between hbt and the plain loop is the framework's fixed per-step cost (printed in ms).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,13 @@ import time
 
 import lightning as L
 import torch
-
 from common import Stopwatch, make_datamodule, make_encoder
 
 
 def batches_for(args, encoder) -> list[dict]:
-    return list(_cycle(make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader(), args.warmup + args.steps))
+    return list(
+        _cycle(make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader(), args.warmup + args.steps)
+    )
 
 
 def plain_loop(args) -> float:
@@ -35,7 +37,9 @@ def plain_loop(args) -> float:
 
     torch.manual_seed(0)
     encoder = make_encoder(args.model, args.max_length)
-    loader = make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader()  # batches made live, as in hbt
+    loader = make_datamodule(
+        encoder, args.batch_size, items=getattr(args, "items", None)
+    ).train_dataloader()  # batches made live, as in hbt
     loss_fn = InfoNCELoss(0.05)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
     scheduler = warmup_linear(optimizer, args.warmup + args.steps)
@@ -86,12 +90,24 @@ def hbt_lightning(args) -> float:
     torch.manual_seed(0)
     encoder = make_encoder(args.model, args.max_length)
     module = RetrieverModule(
-        encoder, InfoNCELoss(0.05), optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01, fused=True), scheduler=partial(warmup_linear)
+        encoder,
+        InfoNCELoss(0.05),
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01, fused=True),
+        scheduler=partial(warmup_linear),
     )
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
-        accelerator="gpu" if torch.cuda.is_available() else "cpu", precision=getattr(args, "precision", "32-true"), max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, gradient_clip_val=1.0, use_distributed_sampler=False, limit_val_batches=0, callbacks=[timer],
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",
+        precision=getattr(args, "precision", "32-true"),
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=[timer],
     )
     trainer.fit(module, datamodule=make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)))
     return args.steps * args.batch_size / (timer.end - timer.start)
@@ -100,11 +116,11 @@ def hbt_lightning(args) -> float:
 def sentence_transformers(args) -> float:
     """sentence-transformers' own trainer with MultipleNegativesRankingLoss on the same pairs (bf16
     autocast with ``args.st_bf16``)."""
+    import tempfile
+
     import datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
     from transformers import TrainerCallback
-
-    import tempfile
 
     torch.manual_seed(0)
     encoder = make_encoder(args.model, args.max_length)
@@ -113,7 +129,9 @@ def sentence_transformers(args) -> float:
     pairs = {"anchor": [], "positive": []}
     for batch in batches:  # the same texts hbt trains on, prefixes stripped (ST adds them as prompts)
         pairs["anchor"] += [t.removeprefix("query: ") for t in tok.batch_decode(batch["query"]["input_ids"], skip_special_tokens=True)]
-        pairs["positive"] += [t.removeprefix("passage: ") for t in tok.batch_decode(batch["passage"]["input_ids"], skip_special_tokens=True)]
+        pairs["positive"] += [
+            t.removeprefix("passage: ") for t in tok.batch_decode(batch["passage"]["input_ids"], skip_special_tokens=True)
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         encoder.save_pretrained(tmp)
         model = SentenceTransformer(tmp, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,14 +146,28 @@ def sentence_transformers(args) -> float:
                 times.append(time.perf_counter())
 
         training_args = SentenceTransformerTrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps, learning_rate=args.lr,
-            weight_decay=0.01, warmup_ratio=0.1, max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[],
-            prompts={"anchor": "query: ", "positive": "passage: "}, use_cpu=not torch.cuda.is_available(), dataloader_drop_last=True, disable_tqdm=True,
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            learning_rate=args.lr,
+            weight_decay=0.01,
+            warmup_ratio=0.1,
+            max_grad_norm=1.0,
+            logging_steps=10_000,
+            save_strategy="no",
+            report_to=[],
+            prompts={"anchor": "query: ", "positive": "passage: "},
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_drop_last=True,
+            disable_tqdm=True,
             bf16=getattr(args, "st_bf16", False),
         )
         trainer = SentenceTransformerTrainer(
-            model=model, args=training_args, train_dataset=datasets.Dataset.from_dict(pairs),
-            loss=losses.MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[Timer()],
+            model=model,
+            args=training_args,
+            train_dataset=datasets.Dataset.from_dict(pairs),
+            loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
+            callbacks=[Timer()],
         )
         trainer.train()
     return args.steps * args.batch_size / (times[-1] - times[args.warmup])
@@ -161,7 +193,9 @@ def main() -> None:
             samples[name].append(run(args))
     results = {name: statistics.median(values) for name, values in samples.items()}
     base = results["plain PyTorch loop"]
-    print(f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} timed steps={args.steps} repeats={args.repeats} threads={torch.get_num_threads()}")
+    print(
+        f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} timed steps={args.steps} repeats={args.repeats} threads={torch.get_num_threads()}"
+    )
     for name, values in samples.items():
         print(f"  {name}: " + ", ".join(f"{v:.2f}" for v in values))
     print(f"{'run':<24}{'pairs/s':>10}{'vs plain':>10}")
@@ -169,8 +203,10 @@ def main() -> None:
         print(f"{name:<24}{value:>10.2f}{value / base:>10.3f}")
     print(f"hbt framework overhead vs plain loop: {100 * (1 - results['hbt (Lightning)'] / base):+.1f}%")
     step_ms = {name: 1000 * args.batch_size / value for name, value in results.items()}
-    print(f"step time: plain {step_ms['plain PyTorch loop']:.2f} ms, hbt {step_ms['hbt (Lightning)']:.2f} ms "
-          f"(hbt's extra per step: {step_ms['hbt (Lightning)'] - step_ms['plain PyTorch loop']:+.2f} ms)")
+    print(
+        f"step time: plain {step_ms['plain PyTorch loop']:.2f} ms, hbt {step_ms['hbt (Lightning)']:.2f} ms "
+        f"(hbt's extra per step: {step_ms['hbt (Lightning)'] - step_ms['plain PyTorch loop']:+.2f} ms)"
+    )
     if "sentence-transformers" in results:
         print(f"hbt / sentence-transformers: {results['hbt (Lightning)'] / results['sentence-transformers']:.3f}")
 

@@ -12,6 +12,7 @@ process's, minus its RSS after imports and model creation.
     python benchmarks/trec_scale.py --docs 500000 2000000
     python benchmarks/trec_scale.py --docs 2000000 --no-baseline
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def generate(root: Path, docs: int, seed: int = 0) -> dict:
     marker = root / "shape.json"
     shape = {"docs": docs, "seed": seed, "queries": QUERIES}
     paths = dict(
-        topics=str(root / "topics.{lang}-{split}.tsv"), qrels=str(root / "qrels.{lang}-{split}.tsv"), corpus=str(root / "corpus-{lang}" / "docs-*.jsonl")
+        topics=str(root / "topics.{lang}-{split}.tsv"),
+        qrels=str(root / "qrels.{lang}-{split}.tsv"),
+        corpus=str(root / "corpus-{lang}" / "docs-*.jsonl"),
     )
     if marker.exists() and json.loads(marker.read_text()) == shape:
         return paths
@@ -54,11 +57,11 @@ def generate(root: Path, docs: int, seed: int = 0) -> dict:
 
 
 def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
-    import numpy as np
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
     from common import PeakMemory, make_encoder
+
     from hbt.eval.metrics import mean_metrics, trec_query_metrics
     from hbt.eval.retrieval import Evaluator
     from hbt.eval.search import FaissSearcher
@@ -83,7 +86,9 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
         q = encoder.encode([t for _, t in queries], "query", "sw", batch_size)
         d = encoder.encode(texts, "passage", "sw", batch_size)
         _, top = FaissSearcher("flat").search(q.numpy(), d.numpy(), 100)
-        macro = mean_metrics([trec_query_metrics([ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, top)])
+        macro = mean_metrics(
+            [trec_query_metrics([ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, top)]
+        )
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, **memory.stop(), "macro": macro}))
 
@@ -106,11 +111,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--keep", help="directory for the generated corpora (default: temporary)")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--baseline-max-docs", type=int, default=1_000_000,
-                        help="largest corpus the in-memory baseline runs on (it needs ~7 GB per 500k documents here)")
+    parser.add_argument(
+        "--baseline-max-docs",
+        type=int,
+        default=1_000_000,
+        help="largest corpus the in-memory baseline runs on (it needs ~7 GB per 500k documents here)",
+    )
     args = parser.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="trec-"))
-    print("| docs | sharded s | sharded MB (anon) | in-memory s | in-memory MB (anon) | time ratio | anon memory ratio | abs. nDCG@10 difference |")
+    print(
+        "| docs | sharded s | sharded MB (anon) | in-memory s | in-memory MB (anon) | time ratio | anon memory ratio | abs. nDCG@10 difference |"
+    )
     print("|---|---|---|---|---|---|---|---|", flush=True)
     for docs in args.docs:
         root = work / f"docs{docs}"
@@ -119,9 +130,14 @@ def main() -> None:
         row = [docs, f"{new['seconds']:.0f}", f"{new['peak_rss_mb']:.0f} ({new['peak_anon_mb']:.0f})"]
         if not args.no_baseline and docs <= args.baseline_max_docs:
             old = measure(root, "in_memory", args.shard_size, args.batch_size)
-            same = f'{abs(new["macro"]["ndcg@10"] - old["macro"]["ndcg@10"]):.1e}'
-            row += [f"{old['seconds']:.0f}", f"{old['peak_rss_mb']:.0f} ({old['peak_anon_mb']:.0f})",
-                    f"{new['seconds'] / old['seconds']:.2f}", f"{new['peak_anon_mb'] / old['peak_anon_mb']:.2f}", same]
+            same = f"{abs(new['macro']['ndcg@10'] - old['macro']['ndcg@10']):.1e}"
+            row += [
+                f"{old['seconds']:.0f}",
+                f"{old['peak_rss_mb']:.0f} ({old['peak_anon_mb']:.0f})",
+                f"{new['seconds'] / old['seconds']:.2f}",
+                f"{new['peak_anon_mb'] / old['peak_anon_mb']:.2f}",
+                same,
+            ]
         print("| " + " | ".join(map(str, row)) + " |", flush=True)
     if not args.keep:
         import shutil

@@ -1,4 +1,5 @@
 """A test-only callback: each rank writes the token ids of every training batch it trains on."""
+
 from __future__ import annotations
 
 from pathlib import Path

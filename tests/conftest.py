@@ -1,4 +1,5 @@
 """Tests compose the config with the same overrides a user types and call the task functions directly."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The DataModule: cached tokens give the same batches as tokenizing on the fly; hard negatives line up."""
+
 from functools import partial
 
 import pytest
@@ -38,7 +39,9 @@ def test_token_cache_gives_identical_batches():
 
 def test_hard_negatives_follow_the_passage_language():
     items = [
-        ParallelItem(str(i), {"en": f"q{i}", "de": f"f{i}"}, {"en": f"p{i}", "de": f"a{i}"}, {"en": (f"neg-en-{i}",), "de": (f"neg-de-{i}",)})
+        ParallelItem(
+            str(i), {"en": f"q{i}", "de": f"f{i}"}, {"en": f"p{i}", "de": f"a{i}"}, {"en": (f"neg-en-{i}",), "de": (f"neg-de-{i}",)}
+        )
         for i in range(32)
     ]
     for cache in (True, False):
@@ -70,8 +73,17 @@ def test_every_epoch_gets_its_own_batches_through_lightning(tmp_path):
     encoder = Encoder(tiny=TINY)
     dm.attach_tokenizer(encoder.text_tokenizer)
     record = Record()
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
-                        limit_val_batches=0, callbacks=[record], default_root_dir=tmp_path, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        callbacks=[record],
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+    )
     trainer.fit(RetrieverModule(encoder, InfoNCELoss(), optimizer=torch.optim.AdamW), datamodule=dm)
     assert [len(record.pairs[e]) for e in range(3)] == [len(items) // 64] * 3
     assert record.pairs[0] != record.pairs[1] != record.pairs[2]
@@ -86,7 +98,12 @@ def write_items(path, n: int, languages=("en", "de", "fr")) -> None:
     with path.open("w") as f:
         for i in range(n):
             text = lambda lang, kind: f"{kind} {lang} {i} " + " ".join(rng.choices(words, k=rng.randint(2, 20)))
-            f.write(json.dumps({"id": str(i), "questions": {l: text(l, "q") for l in languages}, "passages": {l: text(l, "p") for l in languages}}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": str(i), "questions": {l: text(l, "q") for l in languages}, "passages": {l: text(l, "p") for l in languages}}
+                )
+                + "\n"
+            )
 
 
 @pytest.mark.slow
@@ -99,13 +116,23 @@ def test_ddp_builds_the_token_cache_once_and_ranks_train_on_slices_of_the_global
 
     data = tmp_path / "items.jsonl"
     write_items(data, 600)
-    common = [*FAST, "data=jsonl", f"data.train.path={data}", "trainer.max_steps=5", "callbacks.retrieval_eval.at_epoch_end=false",
-              "model=xlmr_base", f"model.name_or_path={family_dirs['xlmr']}", "eval.toy.languages=[en,de]",
-              "+callbacks.record._target_=batch_recorder.RecordBatches"]
+    common = [
+        *FAST,
+        "data=jsonl",
+        f"data.train.path={data}",
+        "trainer.max_steps=5",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        "model=xlmr_base",
+        f"model.name_or_path={family_dirs['xlmr']}",
+        "eval.toy.languages=[en,de]",
+        "+callbacks.record._target_=batch_recorder.RecordBatches",
+    ]
     runs = {}
     for name, overrides in (("ddp", ["trainer=ddp_cpu", "data.batch_size=8"]), ("single", ["trainer=cpu", "data.batch_size=16"])):
         env = {"HF_DATASETS_CACHE": str(tmp_path / f"cache-{name}"), "PYTHONPATH": str(ROOT / "tests")}
-        proc = run_cli("train.py", *common, *overrides, f"+callbacks.record.out={tmp_path / name}", f"hydra.run.dir={tmp_path / name}", env=env)
+        proc = run_cli(
+            "train.py", *common, *overrides, f"+callbacks.record.out={tmp_path / name}", f"hydra.run.dir={tmp_path / name}", env=env
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = proc.stdout + proc.stderr
     assert runs["ddp"].count("token cache: building") == 1, runs["ddp"][-3000:]

@@ -1,4 +1,5 @@
 """One encoder wrapper for every family; exports that sentence-transformers loads to the same embeddings."""
+
 import pytest
 import torch
 from transformers import ByT5Tokenizer, MBartConfig, MBartModel, MT5Config, MT5Model, XLMRobertaConfig, XLMRobertaModel
@@ -19,9 +20,34 @@ def save_random(model, path):
 @pytest.mark.parametrize(
     "family,build,backbone",
     [
-        ("xlmr", lambda: XLMRobertaModel(XLMRobertaConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)), "XLMRobertaModel"),
-        ("mt5", lambda: MT5Model(MT5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0)), "MT5EncoderModel"),
-        ("mbart", lambda: MBartModel(MBartConfig(vocab_size=384, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)), "MBartEncoder"),
+        (
+            "xlmr",
+            lambda: XLMRobertaModel(
+                XLMRobertaConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            ),
+            "XLMRobertaModel",
+        ),
+        (
+            "mt5",
+            lambda: MT5Model(MT5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0)),
+            "MT5EncoderModel",
+        ),
+        (
+            "mbart",
+            lambda: MBartModel(
+                MBartConfig(
+                    vocab_size=384,
+                    d_model=32,
+                    encoder_layers=1,
+                    decoder_layers=1,
+                    encoder_attention_heads=2,
+                    decoder_attention_heads=2,
+                    encoder_ffn_dim=64,
+                    decoder_ffn_dim=64,
+                )
+            ),
+            "MBartEncoder",
+        ),
     ],
 )
 def test_model_families_load_their_encoder_half(tmp_path, family, build, backbone):

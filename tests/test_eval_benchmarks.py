@@ -1,4 +1,5 @@
 """Benchmark loaders on the real shared data, and one-line errors for eval files in the wrong format."""
+
 import json
 
 import pytest
@@ -12,7 +13,19 @@ from hbt.eval.retrieval import Evaluator
 from hbt.models.encoder import Encoder
 
 # LAReQA (Roy et al. 2020), Table 1: XQuAD-R candidates per language; 1,190 questions each.
-XQUAD_R_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244, "ru": 1219, "th": 852, "tr": 1167, "vi": 1209, "zh": 1196}
+XQUAD_R_CANDIDATES = {
+    "ar": 1222,
+    "de": 1276,
+    "el": 1234,
+    "en": 1180,
+    "es": 1215,
+    "hi": 1244,
+    "ru": 1219,
+    "th": 852,
+    "tr": 1167,
+    "vi": 1209,
+    "zh": 1196,
+}
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 
 
@@ -122,17 +135,36 @@ def test_sentence_splitter_and_mlqa_r_conversion(tmp_path):
     assert sentences('He said "yes." Then (he left.) Done', "en") == ['He said "yes."', "Then (he left.)", "Done"]
     # initials, dotted and known abbreviations, and a lowercase continuation do not end an English sentence
     assert sentences("John C. Smith met Dr. Watson in the U.S. capital. It was approx. noon. Next", "en") == [
-        "John C. Smith met Dr. Watson in the U.S. capital.", "It was approx. noon.", "Next"]
+        "John C. Smith met Dr. Watson in the U.S. capital.",
+        "It was approx. noon.",
+        "Next",
+    ]
     # German ordinals and abbreviations
     assert sentences("Am 7. Mai zahlte er 30 Mio. Euro, d.h. viel. Im Jahr 1795. Ende", "de") == [
-        "Am 7. Mai zahlte er 30 Mio. Euro, d.h. viel.", "Im Jahr 1795.", "Ende"]
+        "Am 7. Mai zahlte er 30 Mio. Euro, d.h. viel.",
+        "Im Jahr 1795.",
+        "Ende",
+    ]
     # languages without those rules split at every period followed by a capital
     assert sentences("Maria C. Lopez llegó. Fin", "es") == ["Maria C.", "Lopez llegó.", "Fin"]
     for lang, answer in (("en", "Paris"), ("de", "Paris")):
         context = f"A sentence here. The capital is {answer} indeed. Last one."
-        doc = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
-            {"id": "q1", "question": "Capital?", "answers": [{"text": answer, "answer_start": context.index(answer)}]},
-            {"id": f"only-{lang}", "question": "x?", "answers": [{"text": "A", "answer_start": 0}]}]}]}]}
+        doc = {
+            "data": [
+                {
+                    "title": "t",
+                    "paragraphs": [
+                        {
+                            "context": context,
+                            "qas": [
+                                {"id": "q1", "question": "Capital?", "answers": [{"text": answer, "answer_start": context.index(answer)}]},
+                                {"id": f"only-{lang}", "question": "x?", "answers": [{"text": "A", "answer_start": 0}]},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
         (tmp_path / "test").mkdir(exist_ok=True)
         (tmp_path / "test" / f"test-context-{lang}-question-{lang}.json").write_text(json.dumps(doc))
     assert convert(str(tmp_path), str(tmp_path / "all"), "test", ["en", "de"]) == {"en": (2, 3), "de": (2, 3)}  # every question

@@ -7,6 +7,7 @@ architectures (tests' family_dirs, with mE5's real 250k tokenizer) placed at tho
 working directory, with the hub offline; the data are fixtures in the released formats (mMARCO TSVs,
 MIRACL topics/qrels/corpus, MTOP TSVs, and the first articles and lines of the real XQuAD-R and Tatoeba).
 """
+
 import json
 import os
 import shutil
@@ -33,8 +34,22 @@ HUB_NAMES = {
     "google/flan-ul2": "t5",
     "facebook/mbart-large-50": "mbart50",
 }
-MMARCO = ["english", "chinese", "french", "german", "indonesian", "italian", "portuguese", "russian", "spanish", "arabic", "dutch", "hindi",
-          "japanese", "vietnamese"]
+MMARCO = [
+    "english",
+    "chinese",
+    "french",
+    "german",
+    "indonesian",
+    "italian",
+    "portuguese",
+    "russian",
+    "spanish",
+    "arabic",
+    "dutch",
+    "hindi",
+    "japanese",
+    "vietnamese",
+]
 MIRACL = ["ar", "bn", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th", "zh"]
 
 
@@ -122,21 +137,37 @@ def smoke_runs(smoke_root):
     start-up and Python), so the CI suite stays within its budget; each test below checks one of them."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env = {"HBT_SHARED_DATA": str(smoke_root / "shared"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {
+        "HBT_SHARED_DATA": str(smoke_root / "shared"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     plans = {experiment: sweep_of(experiment) for experiment in EXPERIMENTS}
 
     def launch(experiment):
         jobs, on_mmarco = plans[experiment]
         sweep = smoke_root / "runs" / experiment
         proc = run_cli(
-            str(ROOT / "train.py"), "-m", f"experiment={experiment}", "debug=smoke", f"paths.data_dir={smoke_root / 'data'}",
-            f"hydra.sweep.dir={sweep}", *([f"data.train.directory={smoke_root / 'mmarco'}"] if on_mmarco else []), cwd=smoke_root, env=env,
+            str(ROOT / "train.py"),
+            "-m",
+            f"experiment={experiment}",
+            "debug=smoke",
+            f"paths.data_dir={smoke_root / 'data'}",
+            f"hydra.sweep.dir={sweep}",
+            *([f"data.train.directory={smoke_root / 'mmarco'}"] if on_mmarco else []),
+            cwd=smoke_root,
+            env=env,
         )
-        report = run_cli("-m", "hbt.report", str(sweep), "--out", str(smoke_root / f"report-{experiment}")) if proc.returncode == 0 else None
+        report = (
+            run_cli("-m", "hbt.report", str(sweep), "--out", str(smoke_root / f"report-{experiment}")) if proc.returncode == 0 else None
+        )
         # What each job left (results, exported model, per-query values); then the bulky parts go, to keep
         # the temporary disk small (each job's checkpoint and model hold a 250k-row embedding matrix).
-        outputs = [(p, (p.parent / "model").is_dir(), (p.parent / "per_query.parquet").is_file()) for p in sorted(sweep.rglob("results.json"))]
+        outputs = [
+            (p, (p.parent / "model").is_dir(), (p.parent / "per_query.parquet").is_file()) for p in sorted(sweep.rglob("results.json"))
+        ]
         for bulky in [*sweep.rglob("checkpoints"), *sweep.rglob("model")]:
             shutil.rmtree(bulky, ignore_errors=True)
         return proc, report, jobs, outputs
@@ -151,7 +182,11 @@ def test_experiment_runs_end_to_end_in_smoke_mode(experiment, smoke_root, smoke_
     proc, report, jobs, outputs = smoke_runs[experiment]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(outputs) == jobs, [str(path) for path, _, _ in outputs]
-    for path, exported, per_query in outputs:  # each job trained its own model from the hub name's architecture, exported it, wrote per-query values
+    for (
+        path,
+        exported,
+        per_query,
+    ) in outputs:  # each job trained its own model from the hub name's architecture, exported it, wrote per-query values
         assert exported and per_query, path
     assert report.returncode == 0, report.stderr[-2000:]
     header = (smoke_root / f"report-{experiment}.csv").read_text().splitlines()[0].split(",")

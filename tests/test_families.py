@@ -2,6 +2,7 @@
 saved with mE5's real multilingual tokenizer): each trains under DDP without unused parameters, exports,
 reloads and evaluates; embeddings equal the sentence-transformers reference on real multilingual text;
 each family gets its own prefixes and, for mBART-50, each text its own language code."""
+
 import json
 
 import pytest
@@ -53,7 +54,12 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_family_uses_its_model_as_trained_and_every_parameter_learns(family, family_dirs, tmp_path):
     encoder = family_encoder(family, family_dirs, tmp_path)
     backbone, pooling, heads, prefix = EXPECTED[family]
-    assert (type(encoder.backbone).__name__, encoder.pooling, len(encoder.heads), encoder.text_tokenizer.query_prefix) == (backbone, pooling, heads, prefix)
+    assert (type(encoder.backbone).__name__, encoder.pooling, len(encoder.heads), encoder.text_tokenizer.query_prefix) == (
+        backbone,
+        pooling,
+        heads,
+        prefix,
+    )
     assert getattr(encoder.backbone, "pooler", None) is None  # BERT's pooler is set aside, not trained
     inputs = encoder.text_tokenizer(["What currency is used in Japan?", "日本使用什么货币？"], "query", ["en", "zh"])
     encoder(inputs).sum().backward()
@@ -142,8 +148,10 @@ def test_mbart50_tags_each_text_with_its_language_in_training_and_evaluation(fam
     tok.src_lang = "ru_RU"
     assert ids[1] == tok(texts[1])["input_ids"]  # exactly the tokenizer's own tagging
     # An X-Y training batch: queries and passages each in their own language.
-    examples = [{"query": "Welche Währung?", "passage": "Иена.", "query_lang": "de", "passage_lang": "ru"},
-                {"query": "哪种货币？", "passage": "Yen.", "query_lang": "zh", "passage_lang": "en"}]
+    examples = [
+        {"query": "Welche Währung?", "passage": "Иена.", "query_lang": "de", "passage_lang": "ru"},
+        {"query": "哪种货币？", "passage": "Yen.", "query_lang": "zh", "passage_lang": "en"},
+    ]
     batch = PairCollator(encoder.text_tokenizer)(examples)
     assert batch["query"]["input_ids"][:, 0].tolist() == tok.convert_tokens_to_ids(["de_DE", "zh_CN"])
     assert batch["passage"]["input_ids"][:, 0].tolist() == tok.convert_tokens_to_ids(["ru_RU", "en_XX"])
@@ -156,7 +164,9 @@ def test_mbart50_tags_each_text_with_its_language_in_training_and_evaluation(fam
 @pytest.mark.slow
 def test_language_codes_errors_name_the_key(family_dirs, tmp_path):
     encoder = family_encoder("mbart50", family_dirs, tmp_path)
-    with pytest.raises(ConfigError, match=r"model.language_codes.el: the tokenizer has no code for language 'el'; map it with \+model.language_codes.el="):
+    with pytest.raises(
+        ConfigError, match=r"model.language_codes.el: the tokenizer has no code for language 'el'; map it with \+model.language_codes.el="
+    ):
         encoder.text_tokenizer.check_languages(["en", "el"])
     with pytest.raises(ConfigError, match="model.language_codes.el: 'xx_XX' is not a code of this tokenizer"):
         Encoder(name_or_path=str(family_dirs["mbart50"]), language_codes={"el": "xx_XX"})
@@ -168,8 +178,14 @@ def test_language_codes_errors_name_the_key(family_dirs, tmp_path):
 
 @pytest.mark.slow
 def test_mbart_on_data_with_a_language_it_lacks_stops_with_one_line(family_dirs, tmp_path):
-    proc = run_cli("train.py", "model=mbart_large", f"model.name_or_path={family_dirs['mbart50']}", "logger=csv", "trainer.max_steps=1",
-                   f"hydra.run.dir={tmp_path}")
+    proc = run_cli(
+        "train.py",
+        "model=mbart_large",
+        f"model.name_or_path={family_dirs['mbart50']}",
+        "logger=csv",
+        "trainer.max_steps=1",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 1
     assert last_line(proc.stderr).startswith("config error: model.language_codes.el: the tokenizer has no code for language 'el'")
     assert "Traceback" not in proc.stderr
@@ -194,7 +210,9 @@ def test_poolings_match_their_definitions(pooling):
 def test_unknown_pooling_is_one_line(tmp_path):
     proc = run_cli("train.py", "model.pooling=weighted", "logger=csv", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
-    assert last_line(proc.stderr).startswith("config error: model.pooling: unknown pooling 'weighted'; expected one of mean, cls, max, lasttoken")
+    assert last_line(proc.stderr).startswith(
+        "config error: model.pooling: unknown pooling 'weighted'; expected one of mean, cls, max, lasttoken"
+    )
 
 
 @pytest.mark.slow
@@ -226,8 +244,17 @@ def test_family_trains_under_ddp_exports_reloads_and_evaluates(family, family_di
     the export, then evaluate.py on the exported directory giving the training run's own results."""
     option, path = FAMILIES[family], family_dirs[family]
     common = [f"model={option}", "logger=csv", f"eval.toy.languages={DDP_LANGS}"]
-    train = run_cli("train.py", *common, f"model.name_or_path={path}", "trainer=ddp_cpu", "trainer.max_steps=3", "data.batch_size=4",
-                    f"data.train.languages={DDP_LANGS}", "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path / 'train'}")
+    train = run_cli(
+        "train.py",
+        *common,
+        f"model.name_or_path={path}",
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "data.batch_size=4",
+        f"data.train.languages={DDP_LANGS}",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        f"hydra.run.dir={tmp_path / 'train'}",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert torch.load(tmp_path / "train" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     trained = json.loads((tmp_path / "train" / "results.json").read_text())["toy"]

@@ -1,12 +1,22 @@
 """The trainer follows the hardware: bf16 by default on GPUs and on CPUs with native bf16, fp32 elsewhere; large models and unsupported
 FSDP combinations stop before anything loads, with one line naming the keys."""
+
 import pytest
 import torch
 from conftest import ROOT, compose_config, last_line, run_cli
 
 import hbt.hardware
 from hbt.errors import ConfigError
-from hbt.hardware import check_fsdp, cpu_has_bf16, default_precision, encode_precision, fsdp_wrap_classes, is_fsdp, resolve_precision, uses_gpu
+from hbt.hardware import (
+    check_fsdp,
+    cpu_has_bf16,
+    default_precision,
+    encode_precision,
+    fsdp_wrap_classes,
+    is_fsdp,
+    resolve_precision,
+    uses_gpu,
+)
 from hbt.models.encoder import Encoder, count_parameters
 
 MT5_XL = {"vocab_size": 250112, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32}
@@ -70,8 +80,14 @@ def test_the_cards_command_on_a_cpu_host_stops_with_one_line(tmp_path):
 
     MT5Config(**MT5_XL).save_pretrained(tmp_path / "mt5-xl")
     assert count_parameters(str(tmp_path / "mt5-xl")) == pytest.approx(1.67e9, rel=0.01)
-    proc = run_cli("train.py", "model=mt5_xl", f"model.name_or_path={tmp_path / 'mt5-xl'}", "sampler.ratio=0.3", "logger=csv",
-                   f"hydra.run.dir={tmp_path / 'run'}")
+    proc = run_cli(
+        "train.py",
+        "model=mt5_xl",
+        f"model.name_or_path={tmp_path / 'mt5-xl'}",
+        "sampler.ratio=0.3",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert proc.returncode == 1
     assert last_line(proc.stderr).startswith("config error: trainer: ") and "1.67B encoder parameters" in proc.stderr
     assert "use trainer=gpu|ddp|fsdp (or cpu_max_parameters=null" in last_line(proc.stderr)
@@ -118,7 +134,10 @@ def test_fsdp_on_cpu_takes_full_precision_only(make_cfg):
 
 @pytest.mark.slow
 def test_fsdp_wraps_each_transformer_block(family_dirs):
-    names = {family: {cls.__name__ for cls in fsdp_wrap_classes(Encoder(name_or_path=str(family_dirs[family])))} for family in ("mt5", "xlmr", "mbart50")}
+    names = {
+        family: {cls.__name__ for cls in fsdp_wrap_classes(Encoder(name_or_path=str(family_dirs[family])))}
+        for family in ("mt5", "xlmr", "mbart50")
+    }
     assert "MT5Block" in names["mt5"] and "XLMRobertaLayer" in names["xlmr"] and "MBartEncoderLayer" in names["mbart50"]
 
 
@@ -139,7 +158,6 @@ def test_fsdp_with_lora_keeps_original_parameters_and_wraps_the_blocks_inside_pe
 
 def test_faiss_comes_from_one_extra_and_a_forced_gpu_without_one_is_one_line():
     import tomllib
-
     from conftest import ROOT
 
     from hbt.errors import ConfigError
@@ -170,8 +188,11 @@ def test_fsdp_clips_gradients_with_its_own_sharded_norm(monkeypatch):
         def clip_grad_norm_(self, max_norm):
             calls.append(max_norm)
 
-    module = RetrieverModule(Encoder(tiny={"hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 16}), InfoNCELoss(),
-                             optimizer=torch.optim.AdamW)
+    module = RetrieverModule(
+        Encoder(tiny={"hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 16}),
+        InfoNCELoss(),
+        optimizer=torch.optim.AdamW,
+    )
     monkeypatch.setattr(module, "_fsdp_root", lambda: ShardedRoot())
     module.configure_gradient_clipping(None, 1.0, "norm")
     assert calls == [1.0]
@@ -190,8 +211,11 @@ def test_bf16_mixed_clips_a_fused_optimizer_to_the_norm(monkeypatch):
     from hbt.loss import InfoNCELoss
     from hbt.module import RetrieverModule
 
-    module = RetrieverModule(Encoder(tiny={"hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 16}), InfoNCELoss(),
-                             optimizer=torch.optim.AdamW)
+    module = RetrieverModule(
+        Encoder(tiny={"hidden_size": 8, "num_layers": 1, "num_heads": 2, "intermediate_size": 16}),
+        InfoNCELoss(),
+        optimizer=torch.optim.AdamW,
+    )
     optimizer = torch.optim.AdamW(module.parameters(), fused=True)
     for param in module.parameters():
         param.grad = torch.full_like(param, 3.0)
@@ -225,8 +249,18 @@ def test_bf16_mixed_training_with_clipping_runs_end_to_end(make_cfg, tmp_path):
     test_bf16_mixed_clips_a_fused_optimizer_to_the_norm.)"""
     from hbt.tasks import train
 
-    cfg = make_cfg("train", ["logger=csv", "trainer=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=3",
-                             "callbacks.retrieval_eval.at_epoch_end=false", "trainer.gradient_clip_val=1e-3"], tmp_path / "bf16")
+    cfg = make_cfg(
+        "train",
+        [
+            "logger=csv",
+            "trainer=cpu",
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=3",
+            "callbacks.retrieval_eval.at_epoch_end=false",
+            "trainer.gradient_clip_val=1e-3",
+        ],
+        tmp_path / "bf16",
+    )
     assert cfg.optim.optimizer.fused
     metrics, _ = train(cfg)
     assert metrics["test/toy/multi/map"] > 0

@@ -1,10 +1,10 @@
 """Every training-data layout loads into the same items; bad data stops with file:line and the problem."""
+
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import FAST, last_line, run_cli
 
 from hbt.data.loaders import load_hf, load_jsonl, load_mmarco, load_parquet, load_translated
@@ -49,12 +49,18 @@ def test_hf_saved_dataset_with_per_language_columns(tmp_path):
 
     rows = [{"qid": "a", "question_en": "who?", "question_de": "wer?", "context_en": "him.", "context_de": "ihn."}]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
-    store = load_hf(str(tmp_path / "ds"), columns={"id": "qid", "questions": "question_{lang}", "passages": "context_{lang}", "hard_negatives": "neg_{lang}"}, languages=["de", "en"])
+    store = load_hf(
+        str(tmp_path / "ds"),
+        columns={"id": "qid", "questions": "question_{lang}", "passages": "context_{lang}", "hard_negatives": "neg_{lang}"},
+        languages=["de", "en"],
+    )
     assert as_tuples(store) == [("a", {"de": "wer?", "en": "who?"}, {"de": "ihn.", "en": "him."}, {})]
 
 
 def test_translated_files_joined_by_id(tmp_path):
-    write_jsonl(tmp_path / "en.jsonl", [{"id": "a", "question": "who?", "passage": "him."}, {"id": "b", "question": "where?", "passage": "here."}])
+    write_jsonl(
+        tmp_path / "en.jsonl", [{"id": "a", "question": "who?", "passage": "him."}, {"id": "b", "question": "where?", "passage": "here."}]
+    )
     write_jsonl(tmp_path / "de.jsonl", [{"id": "a", "question": "wer?", "passage": "ihn."}])
     store = load_translated(str(tmp_path / "{lang}.jsonl"), ["en", "de"])
     assert store.item_languages() == [("de", "en"), ("en",)]
@@ -108,11 +114,17 @@ def test_changed_file_is_read_again(tmp_path):
 @pytest.mark.slow
 def test_training_on_a_jsonl_file_and_a_bad_one(tmp_path):
     records = [
-        {"id": str(i), "questions": {"en": f"question {i}?", "de": f"Frage {i}?"}, "passages": {"en": f"answer {i}.", "de": f"Antwort {i}."}}
+        {
+            "id": str(i),
+            "questions": {"en": f"question {i}?", "de": f"Frage {i}?"},
+            "passages": {"en": f"answer {i}.", "de": f"Antwort {i}."},
+        }
         for i in range(40)
     ]
     good = write_jsonl(tmp_path / "train.jsonl", records)
-    proc = run_cli("train.py", "data=jsonl", f"data.train.path={good}", *FAST, "data.batch_size=8", "eval=[]", f"hydra.run.dir={tmp_path / 'ok'}")
+    proc = run_cli(
+        "train.py", "data=jsonl", f"data.train.path={good}", *FAST, "data.batch_size=8", "eval=[]", f"hydra.run.dir={tmp_path / 'ok'}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "ok" / "results.json").read_text()) == {}
 
@@ -163,8 +175,14 @@ def reference_mmarco(root, languages, max_items, negatives_per_item):
     items = []
     for (qid, pos), negs in triples.items():
         langs = [lang for lang in languages if qid in q[lang] and pos in p[lang]]
-        items.append((f"{qid}-{pos}", {l: q[l][qid] for l in langs}, {l: p[l][pos] for l in langs},
-                      {l: tuple(p[l][n] for n in negs if n in p[l]) for l in langs}))
+        items.append(
+            (
+                f"{qid}-{pos}",
+                {l: q[l][qid] for l in langs},
+                {l: p[l][pos] for l in langs},
+                {l: tuple(p[l][n] for n in negs if n in p[l]) for l in langs},
+            )
+        )
     return items
 
 
@@ -173,7 +191,9 @@ def test_streamed_mmarco_join_equals_the_in_memory_join(tmp_path, monkeypatch, m
     monkeypatch.setattr("hbt.data.loaders.JOIN_CHUNK", 7)  # many chunk boundaries
     languages = ["english", "german", "french"]
     write_mmarco(tmp_path, languages)
-    store = load_mmarco(str(tmp_path), languages, triples="triples.tsv", queries="{lang}/queries.tsv", max_items=max_items, negatives_per_item=negatives)
+    store = load_mmarco(
+        str(tmp_path), languages, triples="triples.tsv", queries="{lang}/queries.tsv", max_items=max_items, negatives_per_item=negatives
+    )
     expected = reference_mmarco(tmp_path, languages, max_items, negatives)
     got = [store.item(i) for i in range(len(store))]
     assert [(i.id, i.questions, i.passages, {l: n for l, n in i.hard_negatives.items()}) for i in got] == [

@@ -1,4 +1,5 @@
 """LoRA (model.lora): only the adapters train, in every family; the merged export embeds like the module."""
+
 import pytest
 import torch
 
@@ -7,7 +8,14 @@ from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.models.families import FAMILIES
 
-TEXTS = ["Wo liegt Berlin?", "Berlin liegt in Deutschland.", "¿Dónde está Madrid?", "Madrid está en España.", "Где Москва?", "Москва в России."]
+TEXTS = [
+    "Wo liegt Berlin?",
+    "Berlin liegt in Deutschland.",
+    "¿Dónde está Madrid?",
+    "Madrid está en España.",
+    "Где Москва?",
+    "Москва в России.",
+]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 
@@ -15,7 +23,9 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 @pytest.mark.parametrize("family", FAMILIES)
 def test_only_adapters_change_and_the_merged_export_embeds_like_the_module(family, family_dirs, tmp_path):
     torch.manual_seed(0)
-    encoder = Encoder(name_or_path=str(family_dirs[family]), lora=LORA, gradient_checkpointing=True, max_passage_length=32, max_query_length=32)
+    encoder = Encoder(
+        name_or_path=str(family_dirs[family]), lora=LORA, gradient_checkpointing=True, max_passage_length=32, max_query_length=32
+    )
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable), sorted(trainable)[:5]
     before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
@@ -63,9 +73,20 @@ def test_lora_trains_under_ddp_with_grad_cache_and_checkpointing(family, family_
     from conftest import run_cli
 
     common = [f"model={FAMILIES[family]}", "logger=csv", "eval.toy.languages=[en,de]"]
-    train = run_cli("train.py", *common, f"model.name_or_path={family_dirs[family]}", "model.lora={r: 4, alpha: 8}", "model.gradient_checkpointing=true",
-                    "loss.chunk_size=2", "trainer=ddp_cpu", "trainer.max_steps=3", "data.batch_size=4", "data.train.languages=[en,de]",
-                    "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path / 'train'}")
+    train = run_cli(
+        "train.py",
+        *common,
+        f"model.name_or_path={family_dirs[family]}",
+        "model.lora={r: 4, alpha: 8}",
+        "model.gradient_checkpointing=true",
+        "loss.chunk_size=2",
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "data.batch_size=4",
+        "data.train.languages=[en,de]",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        f"hydra.run.dir={tmp_path / 'train'}",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     state = torch.load(tmp_path / "train" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 3 and any("lora_A" in k for k in state["state_dict"])

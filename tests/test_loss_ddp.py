@@ -1,4 +1,5 @@
 """The loss is the same optimisation on 1 process, on 2 gloo ranks, and with GradCache (tolerance 1e-5)."""
+
 import os
 import socket
 
@@ -30,7 +31,13 @@ def make_module(chunk_size=None, symmetric=False, seed=0) -> RetrieverModule:
 def make_batch(with_negatives=False):
     items = toy_items("validation", ["en", "ru", "zh"])[:BATCH]
     examples = [
-        {"query": it.questions["en"], "passage": it.passages["zh"], "query_lang": "en", "passage_lang": "zh", "negatives": [items[(i + 3) % BATCH].passages["ru"]]}
+        {
+            "query": it.questions["en"],
+            "passage": it.passages["zh"],
+            "query_lang": "en",
+            "passage_lang": "zh",
+            "negatives": [items[(i + 3) % BATCH].passages["ru"]],
+        }
         for i, it in enumerate(items)
     ]
     if not with_negatives:
@@ -139,8 +146,16 @@ def duplicate_batch(module):
     """8 pairs (English queries, German passages, English hard negatives) where items 0 and 5 share their
     passage text, items 2 and 6 share their query text, and item 7's hard negative is item 1's positive."""
     items = toy_items("validation", ["en", "de"])[:BATCH]
-    examples = [{"query": it.questions["en"], "passage": it.passages["de"], "query_lang": "en", "passage_lang": "de",
-                 "negatives": [items[(i + 3) % BATCH].passages["en"]]} for i, it in enumerate(items)]
+    examples = [
+        {
+            "query": it.questions["en"],
+            "passage": it.passages["de"],
+            "query_lang": "en",
+            "passage_lang": "de",
+            "negatives": [items[(i + 3) % BATCH].passages["en"]],
+        }
+        for i, it in enumerate(items)
+    ]
     examples[5]["passage"] = examples[0]["passage"]
     examples[6]["query"] = examples[2]["query"]
     examples[7]["negatives"] = [examples[1]["passage"]]

@@ -1,6 +1,7 @@
 """Values computed by hand: InfoNCE and its symmetric form on a few 2-d unit vectors, the learning-rate
 schedule step by step, and GradCache's RNG replay with dropout on (with the negative control that fails
 when the replay is taken out)."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Metric functions on hand-built cases whose answers are known by construction."""
+
 import math
 
 import pytest
@@ -60,6 +61,7 @@ def test_recall_and_rank_distance():
 
 def _reference_score(bench, queries, pools, ks):
     """Straightforward per-pair scoring: a stable descending sort of each pool, metrics per query in Python."""
+
     def rank_of(scores, columns):
         order = torch.sort(-scores, stable=True).indices.tolist()
         return sorted(order.index(c) + 1 for c in columns)
@@ -79,7 +81,9 @@ def _reference_score(bench, queries, pools, ks):
     for x in langs:
         for y in langs:
             scores = queries[x] @ pools[y].T
-            lists = [rank_of(scores[i], bench.relevant[y][qid]) for i, (qid, _) in enumerate(bench.queries[x]) if bench.relevant[y].get(qid)]
+            lists = [
+                rank_of(scores[i], bench.relevant[y][qid]) for i, (qid, _) in enumerate(bench.queries[x]) if bench.relevant[y].get(qid)
+            ]
             if lists:
                 out["mono" if x == y else "cross"][f"{x}-{y}"] = metrics(lists, False)
         pool = torch.cat([pools[y] for y in langs])

@@ -1,4 +1,5 @@
 """Our metrics agree with trec_eval (pytrec_eval) on the same rankings, ties and graded relevance included."""
+
 import json
 
 import numpy as np
@@ -175,7 +176,11 @@ def test_pooled_miracl_without_runs_is_one_line_and_the_table_names_the_corpus(t
         load_trec("miracl", ["sw"], pooled=True, **paths)
     bench = load_trec("miracl", ["sw"], **paths)
     torch.manual_seed(0)
-    results = {"miracl": Evaluator(searcher=FaissSearcher("flat")).evaluate(Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}), bench)}
+    results = {
+        "miracl": Evaluator(searcher=FaissSearcher("flat")).evaluate(
+            Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}), bench
+        )
+    }
     assert "miracl [full corpus]" in results_table(results)
 
 

@@ -1,7 +1,7 @@
 """Hard-negative mining: the filters hold on the built-in data and on XQuAD-R, runs resume, the output trains."""
+
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import FAST, run_cli
@@ -10,7 +10,7 @@ from hbt.data.schema import languages_of
 from hbt.data.store import ItemStore
 from hbt.data.toy import toy_items
 from hbt.errors import ConfigError, OutputError
-from hbt.mine import Miner, normalize, passage_keys
+from hbt.mine import Miner, normalize
 from hbt.models.encoder import Encoder
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
@@ -75,8 +75,16 @@ def test_an_interrupted_run_resumes_and_an_existing_output_is_kept(make_cfg, tmp
     from hbt.mine import mine
 
     out = tmp_path / "mined.jsonl"
-    overrides = ["model=xlmr_base", f"model.name_or_path={family_dirs['xlmr']}", "data.train.languages=[en,de,ru]", f"output={out}", "mine.progress=false",
-                 "mine.depth=8", "mine.num_negatives=2", "mine.margin=null"]  # random-init: every cosine is near 1
+    overrides = [
+        "model=xlmr_base",
+        f"model.name_or_path={family_dirs['xlmr']}",
+        "data.train.languages=[en,de,ru]",
+        f"output={out}",
+        "mine.progress=false",
+        "mine.depth=8",
+        "mine.num_negatives=2",
+        "mine.margin=null",
+    ]  # random-init: every cosine is near 1
     calls = []
     original = Miner.mine_language
 
@@ -109,21 +117,41 @@ def test_mining_xquad_r_training_half_with_me5_then_training_on_it(tmp_path, me5
 
     shared_data("xquad-r")
     out = tmp_path / "mined.jsonl"
-    proc = run_cli("-m", "hbt.mine", "data=xquad_r_train", "data.train.languages=[en,zh]", "model=me5_small", f"model.name_or_path={me5_dir}",
-                   f"output={out}", "mine.progress=false", "mine.num_negatives=4", f"hydra.run.dir={tmp_path / 'mine'}")
+    proc = run_cli(
+        "-m",
+        "hbt.mine",
+        "data=xquad_r_train",
+        "data.train.languages=[en,zh]",
+        "model=me5_small",
+        f"model.name_or_path={me5_dir}",
+        f"output={out}",
+        "mine.progress=false",
+        "mine.num_negatives=4",
+        f"hydra.run.dir={tmp_path / 'mine'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "mined.jsonl.summary.json").read_text())
     assert set(summary) == {"en", "zh"} and "language" in proc.stdout and "margin" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     for row in rows:
-        for lang, negatives in row["hard_negatives"].items():
+        for negatives in row["hard_negatives"].values():
             own = {normalize(t) for t in row["passages"].values()}
             assert not own & {normalize(t) for t in negatives}
     assert sum(len(r["hard_negatives"].get("en", [])) >= 2 for r in rows) > 0.9 * len(rows)
     # Items without 2 negatives in a language cannot train with 2: keep those that have them.
     usable = [r for r in rows if all(len(r["hard_negatives"].get(l, [])) >= 2 for l in r["passages"])]
     (tmp_path / "usable.jsonl").write_text("".join(json.dumps(r) + "\n" for r in usable))
-    train = run_cli("train.py", *FAST, "data=jsonl", f"data.train.path={tmp_path / 'usable.jsonl'}", "data.num_hard_negatives=2",
-                    "trainer.max_steps=3", "data.batch_size=8", "trainer.log_every_n_steps=1", "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path / 'train'}")
+    train = run_cli(
+        "train.py",
+        *FAST,
+        "data=jsonl",
+        f"data.train.path={tmp_path / 'usable.jsonl'}",
+        "data.num_hard_negatives=2",
+        "trainer.max_steps=3",
+        "data.batch_size=8",
+        "trainer.log_every_n_steps=1",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        f"hydra.run.dir={tmp_path / 'train'}",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "train/masked" in (tmp_path / "train" / "csv" / "metrics.csv").read_text()

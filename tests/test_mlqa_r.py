@@ -1,6 +1,7 @@
 """MLQA-R as LAReQA built it, on an MLQA-shaped fixture: dev split, every question of each language kept,
 questions 2-4-way parallel, languages that do not share articles; cross pairs over the questions present
 in both languages, multi relevant sets over the languages where the question exists; nothing empty."""
+
 import json
 
 import pytest
@@ -15,7 +16,14 @@ from hbt.models.encoder import Encoder
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 # question id -> the languages it exists in (MLQA: English plus up to three others)
-PARALLEL = {"q1": ["en", "de", "ar", "es"], "q2": ["en", "de"], "q3": ["en", "ar"], "q4": ["en", "hi"], "q5": ["en", "de", "ar"], "q6": ["en"]}
+PARALLEL = {
+    "q1": ["en", "de", "ar", "es"],
+    "q2": ["en", "de"],
+    "q3": ["en", "ar"],
+    "q4": ["en", "hi"],
+    "q5": ["en", "de", "ar"],
+    "q6": ["en"],
+}
 LANGS = ["en", "de", "ar", "hi", "es"]
 
 
@@ -29,8 +37,19 @@ def write_mlqa(root, split="dev"):
                 continue
             context = f"Intro {lang} {qid}. The answer {qid} is here in {lang}. Closing words."
             start = context.index(f"answer {qid}")
-            articles.append({"title": f"{lang}-{qid}", "paragraphs": [{"context": context, "qas": [
-                {"id": qid, "question": f"Where is {qid} ({lang})?", "answers": [{"text": "answer", "answer_start": start}]}]}]})
+            articles.append(
+                {
+                    "title": f"{lang}-{qid}",
+                    "paragraphs": [
+                        {
+                            "context": context,
+                            "qas": [
+                                {"id": qid, "question": f"Where is {qid} ({lang})?", "answers": [{"text": "answer", "answer_start": start}]}
+                            ],
+                        }
+                    ],
+                }
+            )
         (root / split / f"{split}-context-{lang}-question-{lang}.json").write_text(json.dumps({"data": articles, "version": "1.0"}))
 
 
@@ -88,7 +107,9 @@ def test_empty_language_or_setting_is_an_error(tmp_path):
     (tmp_path / "mlqa-r" / "de.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match=r"de.json: no questions for language 'de'"):
         load_lareqa("mlqa_r", tmp_path / "mlqa-r", ["en", "de"])
-    nothing_shared = RetrievalBenchmark("b", {"x": [("1", "a")], "y": [("2", "b")]}, {"x": ["a"], "y": ["b"]}, {"x": {"1": [0]}, "y": {"2": [0]}})
+    nothing_shared = RetrievalBenchmark(
+        "b", {"x": [("1", "a")], "y": [("2", "b")]}, {"x": ["a"], "y": ["b"]}, {"x": {"1": [0]}, "y": {"2": [0]}}
+    )
     with pytest.raises(DataError, match="b: cross: no language pair has a query with a relevant candidate"):
         Evaluator(settings=("cross",)).evaluate(Encoder(tiny=TINY), nothing_shared)
 

@@ -1,4 +1,5 @@
 """MTOP in its released layout: parallel by id (not by line), translation and intent relevance, bad rows."""
+
 import json
 
 import pytest
@@ -10,12 +11,24 @@ from hbt.eval.retrieval import Evaluator
 
 # (id, intent, {lang: utterance}): a language without an entry lacks that id, as MTOP's splits do.
 ROWS = [
-    ("3232343243", "IN:GET_WEATHER", {"en": "what is the weather today", "de": "wie ist das wetter heute", "fr": "quel temps fait-il aujourd'hui"}),
+    (
+        "3232343243",
+        "IN:GET_WEATHER",
+        {"en": "what is the weather today", "de": "wie ist das wetter heute", "fr": "quel temps fait-il aujourd'hui"},
+    ),
     ("3232343244", "IN:GET_WEATHER", {"en": "will it rain tomorrow", "de": "regnet es morgen", "fr": "va-t-il pleuvoir demain"}),
-    ("3232343245", "IN:CREATE_ALARM", {"en": "set an alarm for 7 am", "de": "stelle einen wecker auf 7 uhr", "fr": "mets une alarme à 7 heures"}),
+    (
+        "3232343245",
+        "IN:CREATE_ALARM",
+        {"en": "set an alarm for 7 am", "de": "stelle einen wecker auf 7 uhr", "fr": "mets une alarme à 7 heures"},
+    ),
     ("3232343246", "IN:CREATE_ALARM", {"en": "wake me up at six", "fr": "réveille-moi à six heures"}),
     ("3232343247", "IN:GET_MESSAGE", {"en": "show my messages", "de": "zeige meine nachrichten"}),
-    ("3232343248", "IN:SEND_MESSAGE", {"en": "text mom i am late", "de": "schreib mama dass ich spät bin", "fr": "écris à maman que je suis en retard"}),
+    (
+        "3232343248",
+        "IN:SEND_MESSAGE",
+        {"en": "text mom i am late", "de": "schreib mama dass ich spät bin", "fr": "écris à maman que je suis en retard"},
+    ),
 ]
 LOCALE = {"en": "en_XX", "de": "de_DE", "fr": "fr_XX"}
 
@@ -51,8 +64,12 @@ def brute_force(bench, queries, pools, relevance: str) -> dict:
         if not ranks:
             return None
         ap = sum((n + 1) / rank for n, rank in enumerate(ranks)) / len(ranks)
-        return {"map": ap, "recall@1": sum(r <= 1 for r in ranks) / len(ranks), "recall@5": sum(r <= 5 for r in ranks) / len(ranks),
-                "rank_distance": max(ranks) - min(ranks)}
+        return {
+            "map": ap,
+            "recall@1": sum(r <= 1 for r in ranks) / len(ranks),
+            "recall@5": sum(r <= 5 for r in ranks) / len(ranks),
+            "rank_distance": max(ranks) - min(ranks),
+        }
 
     for x in langs:
         for i, uid in enumerate(ids[x]):

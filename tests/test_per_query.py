@@ -1,5 +1,6 @@
 """Per-query values (per_query.parquet beside results.json): the rows average to exactly the numbers
 results.json reports, the ranks behind them reproduce each AP, and every benchmark kind writes them."""
+
 import json
 import math
 
@@ -31,7 +32,12 @@ def check_rows_average_to_results(results: dict, table) -> None:
                 seen.add((dataset, setting, pair))
                 for name, value in metrics.items():
                     if name != "num_queries":
-                        assert math.fsum(r[name] for r in mine) / len(mine) == pytest.approx(value, abs=1e-12), (dataset, setting, pair, name)
+                        assert math.fsum(r[name] for r in mine) / len(mine) == pytest.approx(value, abs=1e-12), (
+                            dataset,
+                            setting,
+                            pair,
+                            name,
+                        )
     assert seen == {(r["dataset"], r["setting"], r["pair"]) for r in rows}  # no row outside results.json
 
 

@@ -1,5 +1,6 @@
 """Encoding at the hardware's speed: batches by token budget over token-sorted texts, bf16 where the
 hardware has it, embeddings kept in the configured dtype, and the same results as fp32 one-by-one."""
+
 import random
 
 import pytest
@@ -81,9 +82,13 @@ def test_bf16_embeddings_equal_fp32_on_real_multilingual_text(me5_dir):
 
 
 def test_evaluator_options_are_checked_before_any_model_loads():
-    for kwargs, key in (({"precision": "half"}, "evaluator.precision"), ({"embedding_dtype": "bfloat16"}, "evaluator.embedding_dtype"),
-                        ({"max_tokens": 0}, "evaluator.max_tokens"), ({"max_tokens": "many"}, "evaluator.max_tokens"),
-                        ({"batch_size": 0}, "evaluator.batch_size")):
+    for kwargs, key in (
+        ({"precision": "half"}, "evaluator.precision"),
+        ({"embedding_dtype": "bfloat16"}, "evaluator.embedding_dtype"),
+        ({"max_tokens": 0}, "evaluator.max_tokens"),
+        ({"max_tokens": "many"}, "evaluator.max_tokens"),
+        ({"batch_size": 0}, "evaluator.batch_size"),
+    ):
         with pytest.raises(ConfigError, match=f"^config error: {key}: "):
             Evaluator(**kwargs)
 

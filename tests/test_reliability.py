@@ -1,4 +1,5 @@
 """Exact resume, interrupts that leave a checkpoint, a NaN guard, deterministic results, safe outputs."""
+
 import json
 import signal
 import subprocess
@@ -12,8 +13,15 @@ from hbt.errors import ConfigError, TrainingDiverged
 from hbt.tasks import train
 
 # 338 training items at batch 16: 21 steps per epoch, so step 26 lies in the second epoch.
-RUN = ["logger=csv", "data.batch_size=16", "trainer.max_epochs=2", "trainer.max_steps=26", "callbacks.checkpoint.every_n_train_steps=5",
-       "callbacks.checkpoint.save_top_k=-1", "callbacks.retrieval_eval.at_epoch_end=false"]
+RUN = [
+    "logger=csv",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.max_steps=26",
+    "callbacks.checkpoint.every_n_train_steps=5",
+    "callbacks.checkpoint.save_top_k=-1",
+    "callbacks.retrieval_eval.at_epoch_end=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,14 @@ def test_same_seed_same_results(uninterrupted, make_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_leaves_a_checkpoint_and_ckpt_path_last_resumes(tmp_path):
-    cmd = [sys.executable, "train.py", "logger=csv", "trainer.max_epochs=50", "callbacks.retrieval_eval.at_epoch_end=false", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "logger=csv",
+        "trainer.max_epochs=50",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "csv" / "metrics.csv").exists() and time.time() < deadline:  # first logged steps
@@ -56,7 +71,14 @@ def test_sigterm_leaves_a_checkpoint_and_ckpt_path_last_resumes(tmp_path):
 
     step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert step > 0
-    resumed = run_cli("train.py", "logger=csv", f"trainer.max_steps={step + 2}", "callbacks.retrieval_eval.at_epoch_end=false", "ckpt_path=last", f"hydra.run.dir={tmp_path}")
+    resumed = run_cli(
+        "train.py",
+        "logger=csv",
+        f"trainer.max_steps={step + 2}",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+        "ckpt_path=last",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (tmp_path / "results.json").is_file()
 
@@ -68,8 +90,14 @@ def test_ckpt_path_last_without_a_checkpoint(make_cfg, tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(make_cfg, tmp_path):
     # An absurd learning rate makes the tiny model's loss overflow within a few steps.
-    overrides = ["logger=csv", "trainer.max_steps=60", "optim.optimizer.lr=1e30", "trainer.gradient_clip_val=null",
-                 "callbacks.checkpoint.every_n_train_steps=1", "callbacks.retrieval_eval.at_epoch_end=false"]
+    overrides = [
+        "logger=csv",
+        "trainer.max_steps=60",
+        "optim.optimizer.lr=1e30",
+        "trainer.gradient_clip_val=null",
+        "callbacks.checkpoint.every_n_train_steps=1",
+        "callbacks.retrieval_eval.at_epoch_end=false",
+    ]
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d+") as err:
         train(make_cfg("train", overrides, tmp_path / "nan"))
     last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
@@ -94,7 +122,10 @@ def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
     "args,line",
     [
         (["loss.temperature=0"], "config error: loss.temperature: must be > 0, got 0"),
-        (["model=xlmr_base", "model.name_or_path=/nonexistent/model-dir"], "config error: model.name_or_path: cannot load '/nonexistent/model-dir'"),
+        (
+            ["model=xlmr_base", "model.name_or_path=/nonexistent/model-dir"],
+            "config error: model.name_or_path: cannot load '/nonexistent/model-dir'",
+        ),
     ],
 )
 @pytest.mark.slow
@@ -106,8 +137,16 @@ def test_errors_inside_instantiated_objects_are_one_line(tmp_path, args, line):
 
 
 # metrics.csv is flushed every 5 steps, so the test interrupts early in a 60-step run.
-DDP_RUN = ["trainer=ddp_cpu", "logger=csv", "data.batch_size=8", "trainer.max_steps=60", "callbacks.retrieval_eval.at_epoch_end=false",
-           "callbacks.checkpoint.every_n_train_steps=1000", "trainer.log_every_n_steps=5", "+logger.csv.flush_logs_every_n_steps=5"]
+DDP_RUN = [
+    "trainer=ddp_cpu",
+    "logger=csv",
+    "data.batch_size=8",
+    "trainer.max_steps=60",
+    "callbacks.retrieval_eval.at_epoch_end=false",
+    "callbacks.checkpoint.every_n_train_steps=1000",
+    "trainer.log_every_n_steps=5",
+    "+logger.csv.flush_logs_every_n_steps=5",
+]
 
 
 @pytest.mark.slow
@@ -119,7 +158,13 @@ def test_sigterm_under_ddp_checkpoints_exits_and_resumes_exactly(tmp_path):
 
     for target in ("all", "rank0"):
         run = tmp_path / target
-        proc = subprocess.Popen([sys.executable, "train.py", *DDP_RUN, f"hydra.run.dir={run}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *DDP_RUN, f"hydra.run.dir={run}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 180
         while not (run / "csv" / "metrics.csv").exists() and time.time() < deadline:  # both ranks are training
             time.sleep(0.2)

@@ -1,5 +1,6 @@
 """Comparing runs: CIs over seeds, the paired randomization test (against scipy's), Holm's correction,
 and `python -m hbt.report --compare / --group-by` on runs written in hbt's layout."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,14 @@ from hbt.stats import holm, mean_ci, paired_randomization
 
 def scipy_paired(d, w, n_resamples):
     # The same null (each query's pair of values swapped, i.e. its difference's sign flipped), by scipy.
-    result = permutation_test((d, np.zeros_like(d)), lambda x, y: np.sum(w * (x - y)), permutation_type="samples",
-                              n_resamples=n_resamples, alternative="two-sided", random_state=0)
+    result = permutation_test(
+        (d, np.zeros_like(d)),
+        lambda x, y: np.sum(w * (x - y)),
+        permutation_type="samples",
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        random_state=0,
+    )
     return result.pvalue
 
 
@@ -78,8 +85,11 @@ def test_compare_and_group_by_on_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "A = ratio=0.5 (2 runs), B = ratio=0 (2 runs)" in out
     rows = {row["setting"]: row for row in __import__("csv").DictReader(open(tmp_path / "cmp.csv"))}
-    expected = {s: np.mean([macros[(0.5, k)]["xquad_r"][s]["macro"]["map"] for k in (0, 1)]) - np.mean([macros[(0.0, k)]["xquad_r"][s]["macro"]["map"] for k in (0, 1)])
-                for s in ("mono", "cross")}
+    expected = {
+        s: np.mean([macros[(0.5, k)]["xquad_r"][s]["macro"]["map"] for k in (0, 1)])
+        - np.mean([macros[(0.0, k)]["xquad_r"][s]["macro"]["map"] for k in (0, 1)])
+        for s in ("mono", "cross")
+    }
     for setting in ("mono", "cross"):  # the effect is the difference of the reported macro numbers, seeds averaged
         assert float(rows[setting]["A - B"]) == pytest.approx(expected[setting], abs=1e-9)
     assert rows["mono"]["verdict"] == "A higher" and float(rows["mono"]["p (Holm)"]) < 0.01

@@ -1,4 +1,5 @@
 """Hybrid batch sampler: faithful batch types, DDP consistency, determinism and resume."""
+
 import itertools
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The built-in corpus meets its contract: size, scripts, disjoint splits."""
+
 import unicodedata
 
 from hbt.data.toy import toy_benchmark, toy_items

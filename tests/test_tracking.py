@@ -1,7 +1,8 @@
 """W&B offline runs hold what the dashboards need; a failing multirun job does not stop the sweep."""
-import pytest
+
 import json
 
+import pytest
 from conftest import FAST, last_line, run_cli
 from wandb_offline import summarize
 
@@ -11,7 +12,11 @@ from hbt.tracking import resolve_mode
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tmp_path):
-    cfg = make_cfg("train", [*FAST, "logger=wandb", "trainer.log_every_n_steps=1", "logger.wandb.group=sweep-a", "sampler.ratio=0.25"], tmp_path / "run")
+    cfg = make_cfg(
+        "train",
+        [*FAST, "logger=wandb", "trainer.log_every_n_steps=1", "logger.wandb.group=sweep-a", "sampler.ratio=0.25"],
+        tmp_path / "run",
+    )
     train(cfg)
     from hbt.tracking import finish_wandb
 
@@ -21,7 +26,15 @@ def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tm
     assert run["closed"], "the run file never got its exit record"
     assert run["name"] == "tiny-ratio0.25" and run["group"] == "sweep-a"
     assert json.loads(run["config"]["sampler"])["ratio"] == 0.25
-    for key in ("train/loss", "train/accuracy", "train/emb_std", "train/mono_share", "train/epoch_mono_pair_share", "lr-AdamW/pg1", "test/toy/multi/rank_distance"):
+    for key in (
+        "train/loss",
+        "train/accuracy",
+        "train/emb_std",
+        "train/mono_share",
+        "train/epoch_mono_pair_share",
+        "lr-AdamW/pg1",
+        "test/toy/multi/rank_distance",
+    ):
         assert key in run["history"], key
     assert any(k.startswith("test/toy/cross/pairs/") for k in run["history"])  # the per-pair wandb.Table
     assert any(k.startswith("test/toy/map_heatmap/") for k in run["history"])  # the heatmap image
@@ -45,8 +58,9 @@ def test_a_failing_multirun_job_does_not_stop_the_others_but_fails_the_sweep(tmp
     proc = run_cli("train.py", "-m", "sampler.ratio=2,0.5", *FAST, "logger=wandb", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "config error: sampler.ratio: must lie in [0, 1], got 2" in proc.stderr
-    assert last_line(proc.stderr) == (f"sweep error: 1 of 2 jobs failed (0); {tmp_path / '0'}: "
-                                      "config error: sampler.ratio: must lie in [0, 1], got 2")
+    assert last_line(proc.stderr) == (
+        f"sweep error: 1 of 2 jobs failed (0); {tmp_path / '0'}: config error: sampler.ratio: must lie in [0, 1], got 2"
+    )
     assert not (tmp_path / "0" / "results.json").exists() and not (tmp_path / "1" / "FAILED").exists()
     assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
     runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
@@ -85,7 +99,6 @@ def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
     assert "p (Holm)" in html and "verdict" in html  # ratio 1 against ratio 0 on per-query values
 
 
-
 def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):
     """Statistics are logged only on logging steps; each written row holds that step's own values."""
     import csv
@@ -114,8 +127,16 @@ def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):
     encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
     dm.attach_tokenizer(encoder.text_tokenizer)
     loss = StepMarkedLoss()
-    trainer = L.Trainer(max_steps=7, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="", version=""), enable_checkpointing=False,
-                        enable_progress_bar=False, use_distributed_sampler=False, limit_val_batches=0, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=7,
+        log_every_n_steps=3,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
     loss.trainer = trainer
     trainer.fit(RetrieverModule(encoder, loss, optimizer=torch.optim.AdamW), datamodule=dm)
     with open(tmp_path / "metrics.csv") as handle:

@@ -1,5 +1,7 @@
 """The default pipeline end to end: train -> results.json -> evaluate the checkpoint and the export."""
+
 import json
+
 import pytest
 from conftest import FAST, run_cli
 
@@ -122,9 +124,17 @@ def test_evaluate_on_two_processes_equals_one_process(tmp_path, me5_dir):
     from test_metrics_reference import write_miracl
 
     paths = write_miracl(tmp_path / "miracl")
-    common = ["model=me5_small", f"model.name_or_path={me5_dir}", "logger=csv", "eval=[toy,miracl]", "eval.toy.languages=[en,de,ru]", "eval.miracl.languages=[sw]",
-              *(f"eval.miracl.{key}='{value}'" for key, value in paths.items()), "evaluator.shard_size=7",
-              "evaluator.precision=fp32"]  # bf16 rounds differently in other batch compositions (each rank's shard)
+    common = [
+        "model=me5_small",
+        f"model.name_or_path={me5_dir}",
+        "logger=csv",
+        "eval=[toy,miracl]",
+        "eval.toy.languages=[en,de,ru]",
+        "eval.miracl.languages=[sw]",
+        *(f"eval.miracl.{key}='{value}'" for key, value in paths.items()),
+        "evaluator.shard_size=7",
+        "evaluator.precision=fp32",
+    ]  # bf16 rounds differently in other batch compositions (each rank's shard)
     results = {}
     for name, devices in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):
         proc = run_cli("evaluate.py", *common, devices, f"hydra.run.dir={tmp_path / name}")

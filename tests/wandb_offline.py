@@ -1,4 +1,5 @@
 """Read back an offline W&B run (``run-*.wandb``: W&B's LevelDB-style log of protobuf records)."""
+
 from __future__ import annotations
 
 import struct

@@ -13,6 +13,7 @@ rank hangs. This callback replaces that handler by one that only records the sig
 zero, forwards it to the ranks it launched). At the end of each batch the ranks agree on it with one
 small all-reduce, so they all stop after the same step and write the checkpoint together.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Cross-rank helpers that keep gradients, so N ranks x B pairs optimise like one process with N*B."""
+
 from __future__ import annotations
 
 import torch

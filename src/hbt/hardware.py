@@ -9,6 +9,7 @@
 - ``trainer=fsdp`` gets each transformer block of the backbone as its own FSDP unit; combinations it
   does not support stop before training with one line naming the keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,6 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from hbt.errors import ConfigError
-
 
 # Autocast dtype of each evaluation precision (None: no autocast, full fp32).
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,8 +71,10 @@ def token_budget(max_tokens, device: torch.device | str, key: str = "evaluator.m
 def encoding(precision: str, max_tokens, device: torch.device | str, section: str) -> dict:
     """``precision`` and ``max_tokens`` of :meth:`Encoder.encode` resolved for ``device``; a bad value is
     a ConfigError naming ``<section>.precision`` or ``<section>.max_tokens`` (``evaluator``, ``mine``)."""
-    return {"precision": encode_precision(precision, device, f"{section}.precision"),
-            "max_tokens": token_budget(max_tokens, device, f"{section}.max_tokens")}
+    return {
+        "precision": encode_precision(precision, device, f"{section}.precision"),
+        "max_tokens": token_budget(max_tokens, device, f"{section}.max_tokens"),
+    }
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -155,8 +157,12 @@ def _full_state_dicts_in_place():
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     def context(module, world_size, rank0_only=True):
-        return FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
-                                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
+        return FSDP.state_dict_type(
+            module,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+        )
 
     saved = lightning_fsdp._get_full_state_dict_context
     lightning_fsdp._get_full_state_dict_context = context
@@ -180,8 +186,14 @@ def cpu_fsdp_strategy(**kwargs):
 
             if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
                 # Lightning passes device_id=None on CPU, which torch reads as "find an accelerator".
-                model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                                                 sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+                model = FullyShardedDataParallel(
+                    module=model,
+                    cpu_offload=self.cpu_offload,
+                    mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy,
+                    device_id=torch.device("cpu"),
+                    **self.kwargs,
+                )
                 self.kwargs.pop("auto_wrap_policy", None)  # applied above
             return super()._setup_model(model)
 

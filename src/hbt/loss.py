@@ -4,6 +4,7 @@ Temperature 0.05 by default: inputs are unit vectors, so logits lie in [-1/t, 1/
 enough for a sharp softmax without the instability of very small temperatures (mE5 used 0.01 at much
 larger batch sizes; mContriever 0.05).
 """
+
 from __future__ import annotations
 
 import torch

@@ -18,6 +18,7 @@ are ``unused``; ``short`` counts items left with fewer). The output is the same 
 in hbt's JSONL schema with those hard negatives (replacing any the source had), written atomically;
 per-language results are kept under ``<output>.work/`` so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,7 +97,12 @@ class Miner:
 
         if pool not in ("same", "all"):
             raise ConfigError("mine.pool", f"must be 'same' or 'all', got {pool!r}")
-        for key, value, least in (("depth", depth, 1), ("num_negatives", num_negatives, 1), ("skip_top", skip_top, 0), ("query_block", query_block, 1)):
+        for key, value, least in (
+            ("depth", depth, 1),
+            ("num_negatives", num_negatives, 1),
+            ("skip_top", skip_top, 0),
+            ("query_block", query_block, 1),
+        ):
             if value < least:
                 raise ConfigError(f"mine.{key}", f"must be >= {least}, got {value}")
         if margin is not None and not 0 < margin <= 1.5:
@@ -232,7 +238,12 @@ def mine(cfg: DictConfig) -> dict:
         for item in range(len(store)):
             row = store.item(item)
             mined = {lang: negatives[lang][str(item)] for lang in store.languages if negatives[lang].get(str(item))}
-            handle.write(json.dumps({"id": row.id, "questions": row.questions, "passages": row.passages, "hard_negatives": mined}, ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps(
+                    {"id": row.id, "questions": row.questions, "passages": row.passages, "hard_negatives": mined}, ensure_ascii=False
+                )
+                + "\n"
+            )
     os.replace(tmp, output)
     (output.with_name(output.name + ".summary.json")).write_text(json.dumps(summary, indent=2))
     print(summary_table(summary), flush=True)

@@ -1,4 +1,5 @@
 """The LightningModule: shared encoder + InfoNCE, with passages gathered across DDP ranks."""
+
 from __future__ import annotations
 
 import math
@@ -8,14 +9,14 @@ from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
 
 import lightning as L
-from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType
 import numpy as np
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim.lr_scheduler import LambdaLR
 
-from hbt.errors import ConfigError, TrainingDiverged
 from hbt.distributed import average_gradients, gather_plain, gather_with_grad, rank_and_world
+from hbt.errors import ConfigError, TrainingDiverged
 from hbt.loss import InfoNCELoss, duplicate_masks, row_keys
 from hbt.models.encoder import Encoder
 

@@ -11,6 +11,7 @@ config.yaml (``data.num_hard_negatives=2``). The comparison pools each group's s
 the difference of the macro metric with a paired randomization test, Holm-corrected over the
 (dataset, setting) rows compared (:mod:`hbt.stats`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -153,7 +154,9 @@ def per_query_values(runs: list[Path], metric: str) -> dict[tuple[str, str], dic
     return {block: {q: sum(v) / len(v) for q, v in queries.items()} for block, queries in sums.items()}
 
 
-def compare(runs_a: list[Path], runs_b: list[Path], metric: str = "map", permutations: int = 10_000, alpha: float = 0.05, seed: int = 0) -> list[dict]:
+def compare(
+    runs_a: list[Path], runs_b: list[Path], metric: str = "map", permutations: int = 10_000, alpha: float = 0.05, seed: int = 0
+) -> list[dict]:
     """Per (dataset, setting): both groups' macro ``metric`` over their shared queries, the difference
     A - B, Cohen's d_z of the per-query differences, the paired randomization p-value and its Holm
     adjustment over all rows, and a verdict at ``alpha``."""
@@ -174,11 +177,19 @@ def compare(runs_a: list[Path], runs_b: list[Path], metric: str = "map", permuta
         va, vb = np.array([a[block][q] for q in shared]), np.array([b[block][q] for q in shared])
         diff = va - vb
         spread = diff.std(ddof=1) if len(diff) > 1 else 0.0
-        rows.append({
-            "dataset": block[0], "setting": block[1], "metric": metric, "queries": len(shared), "A": float(weights @ va), "B": float(weights @ vb),
-            "A - B": float(weights @ diff), "d_z": float(diff.mean() / spread) if spread > 0 else 0.0,
-            "p": paired_randomization(diff, weights, permutations, seed),
-        })
+        rows.append(
+            {
+                "dataset": block[0],
+                "setting": block[1],
+                "metric": metric,
+                "queries": len(shared),
+                "A": float(weights @ va),
+                "B": float(weights @ vb),
+                "A - B": float(weights @ diff),
+                "d_z": float(diff.mean() / spread) if spread > 0 else 0.0,
+                "p": paired_randomization(diff, weights, permutations, seed),
+            }
+        )
     for row, adjusted in zip(rows, holm([row["p"] for row in rows])):
         row["p (Holm)"] = adjusted
         row["verdict"] = ("A higher" if row["A - B"] > 0 else "B higher") if adjusted < alpha else "no significant difference"
@@ -186,8 +197,14 @@ def compare(runs_a: list[Path], runs_b: list[Path], metric: str = "map", permuta
     compared = {(row["dataset"], row["setting"]) for row in rows}
     for block in sorted((set(a) | set(b)) - compared):
         side = "A" if block in a and block not in b else "B" if block in b and block not in a else "A and B"
-        rows.append({"dataset": block[0], "setting": block[1], "metric": metric, "verdict": f"not compared: {metric} only in {side}"
-                     if side != "A and B" else "not compared: no shared query"})
+        rows.append(
+            {
+                "dataset": block[0],
+                "setting": block[1],
+                "metric": metric,
+                "verdict": f"not compared: {metric} only in {side}" if side != "A and B" else "not compared: no shared query",
+            }
+        )
     return rows
 
 
@@ -214,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = compare(*groups, metric=args.metric, permutations=args.permutations, alpha=args.alpha, seed=args.seed)
             if not any("p" in row for row in rows):
                 raise DataError(" ".join(args.paths), f"the two groups share no query with a {args.metric!r} value")
-            print(f"A = {args.compare[0]} ({len(groups[0])} runs), B = {args.compare[1]} ({len(groups[1])} runs); seeds pooled per query, "
-                  f"paired randomization test ({args.permutations} sign flips), Holm over {sum('p' in row for row in rows)} rows")
+            print(
+                f"A = {args.compare[0]} ({len(groups[0])} runs), B = {args.compare[1]} ({len(groups[1])} runs); seeds pooled per query, "
+                f"paired randomization test ({args.permutations} sign flips), Holm over {sum('p' in row for row in rows)} rows"
+            )
         elif args.group_by:
             rows = group_summary(runs, args.group_by)
         else:
@@ -230,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{args.out}.md").write_text(table + "\n")
     print(table)
     return 0
-
 
 
 def pair_matrix(by_setting: dict, metric: str = "map"):

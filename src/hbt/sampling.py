@@ -10,6 +10,7 @@ each step; rank ``r`` keeps slice ``r`` of the global batch, so items are disjoi
 gathered global batch is homogeneous. An item id appears at most once per global batch, so its
 translations never act as false negatives.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -105,11 +106,15 @@ class HybridBatchSampler:
         if uses_cross:
             multi = int((self.has_lang.sum(1) >= 2).sum())
             if multi < self.global_batch_size:
-                raise ConfigError("data.batch_size", f"only {multi} items have 2+ languages, fewer than the global batch of {self.global_batch_size}")
+                raise ConfigError(
+                    "data.batch_size", f"only {multi} items have 2+ languages, fewer than the global batch of {self.global_batch_size}"
+                )
         if uses_mono:
             for lang, count, p in zip(self.languages, self.has_lang.sum(0), self.language_probs):
                 if p > 0 and count < self.global_batch_size:
-                    raise ConfigError("data.batch_size", f"language {lang!r} has {count} items, fewer than the global batch of {self.global_batch_size}")
+                    raise ConfigError(
+                        "data.batch_size", f"language {lang!r} has {count} items, fewer than the global batch of {self.global_batch_size}"
+                    )
 
     # -- the sampler protocol -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -183,7 +188,7 @@ class HybridBatchSampler:
                 return
             yield batch
 
-    def _mono_batch(self, pool: "_Pool", rng: np.random.Generator, any_language: bool = False) -> list[PairRef] | None:
+    def _mono_batch(self, pool: _Pool, rng: np.random.Generator, any_language: bool = False) -> list[PairRef] | None:
         """An X-X batch in a language drawn by ``language_probs``; a language that cannot fill it is
         left out of the draw and another drawn (with ``any_language``, also those of weight zero)."""
         probs = self.language_probs.copy()
@@ -198,7 +203,7 @@ class HybridBatchSampler:
             probs[lang] = 0.0
         return None
 
-    def _cross_batch(self, pool: "_Pool", two_langs: np.ndarray, rng: np.random.Generator) -> list[PairRef] | None:
+    def _cross_batch(self, pool: _Pool, two_langs: np.ndarray, rng: np.random.Generator) -> list[PairRef] | None:
         picked = pool.take(self.global_batch_size, two_langs)
         return None if picked is None else [self._cross_pair(int(i), rng) for i in picked]
 

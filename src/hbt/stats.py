@@ -10,6 +10,7 @@ over their seeds). Under the null hypothesis each query's difference is as likel
 which the randomization test uses: it flips signs at random (or enumerates all flips when there are few
 queries) and counts flips whose statistic is at least as extreme.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ callback below (conf/hydra/default.yaml) counts those files and, if there are an
 how many jobs failed and the first one's error, and exits 1. Files, not memory, so it also works with
 launchers that run jobs in other processes or on other hosts (joblib, SLURM) over a shared file system.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,6 +45,10 @@ class FailedJobs(Callback):
         if failed:
             jobs = len(list(sweep.rglob(".hydra")))
             first = failed[0]
-            print(f"sweep error: {len(failed)} of {jobs} jobs failed ({', '.join(str(p.parent.relative_to(sweep)) for p in failed)}); "
-                  f"{first.parent}: {first.read_text(encoding='utf-8').strip()}", file=sys.stderr, flush=True)
+            print(
+                f"sweep error: {len(failed)} of {jobs} jobs failed ({', '.join(str(p.parent.relative_to(sweep)) for p in failed)}); "
+                f"{first.parent}: {first.read_text(encoding='utf-8').strip()}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(1)

@@ -3,6 +3,7 @@
 Both return ``(metrics, objects)`` and write ``results.json`` (and the resolved ``config.yaml``) into
 the run directory, shaped ``{dataset: {setting: {"macro": {...}, "pairs": {...}}}}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hbt.checkpointing import INTERRUPTS, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
-from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.eval.subsets import instantiate_benchmarks
+from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
 from hbt.sweeps import clear_failure, record_failure
@@ -139,7 +140,10 @@ def load_encoder(cfg: DictConfig) -> Encoder:
     if cfg.ckpt_path:
         return encoder_from_checkpoint(cfg.ckpt_path)
     if cfg.model.get("name_or_path") is None:
-        raise ConfigError("ckpt_path", "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>")
+        raise ConfigError(
+            "ckpt_path",
+            "the tiny default model is random-init: give ckpt_path=<training checkpoint> or model.name_or_path=<hub name or dir>",
+        )
     return instantiate(cfg.model)
 
 

@@ -3,6 +3,7 @@
 With credentials it logs online; without (or with WANDB_MODE=offline, or when the service cannot be
 reached) it writes an offline run under ``save_dir`` that ``wandb sync`` uploads later.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,13 +79,13 @@ def wandb_logger(
 
     logger = make(resolved)
     try:
-        logger.experiment  # start the run now, so a network failure is handled here and not mid-training
+        _ = logger.experiment  # start the run now, so a network failure is handled here and not mid-training
     except Exception as err:  # any failure to reach W&B must not cost the run
         if resolved != "online":
             raise
         log.warning("W&B online start failed (%s); logging offline, `wandb sync %s` later", err, save_dir)
         logger = make("offline")
-        logger.experiment
+        _ = logger.experiment
     return logger
 
 

@@ -1,4 +1,5 @@
 """The LightningDataModule that yields hybrid batches of tokenized (query, passage) pairs."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

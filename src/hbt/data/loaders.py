@@ -14,6 +14,7 @@ Rows stream into an Arrow cache keyed by the source files' paths, sizes and modi
 large sets are memory-mapped and a changed file is read again. Every malformed line, missing field,
 empty text or unknown language stops the load with one line naming ``file:line`` (or the row).
 """
+
 from __future__ import annotations
 
 import json
@@ -265,7 +266,7 @@ class _Staged:
             self.writer.write_batch(pa.record_batch([pa.array(self.buffer, type=self.type)], schema=self.schema))
             self.buffer = []
 
-    def close(self) -> "_Staged":
+    def close(self) -> _Staged:
         import pyarrow as pa
 
         self._flush()
@@ -311,8 +312,10 @@ def _translated_items(spec: dict) -> Iterator[ParallelItem]:
         for lang in languages:
             path = Path(spec["pattern"].format(lang=lang))
             # Sized as ids arrive: numpy arrays grow by doubling.
-            files = {kind: _GrowingStaged(Path(tmp) / f"{lang}.{kind}.arrow", t) for kind, t in
-                     (("question", pa.string()), ("passage", pa.string()), ("negatives", pa.list_(pa.string())))}
+            files = {
+                kind: _GrowingStaged(Path(tmp) / f"{lang}.{kind}.arrow", t)
+                for kind, t in (("question", pa.string()), ("passage", pa.string()), ("negatives", pa.list_(pa.string())))
+            }
             for where, record in read_records(path):
                 missing = [cols[k] for k in ("id", "question", "passage") if record.get(cols[k]) in (None, "")]
                 if missing:
@@ -380,7 +383,7 @@ def _mmarco_items(spec: dict) -> Iterator[ParallelItem]:
     pindex: dict[str, int] = {}
     keys: dict[tuple[str, str], int] = {}
     item_q, item_p, item_n = [], [], []
-    for where, (qid, pos, neg) in read_tsv(root / spec["triples"], 3):
+    for _where, (qid, pos, neg) in read_tsv(root / spec["triples"], 3):
         k = keys.get((qid, pos))
         if k is None:
             if spec["max_items"] and len(keys) >= spec["max_items"]:
@@ -410,8 +413,10 @@ def _mmarco_items(spec: dict) -> Iterator[ParallelItem]:
             stop = min(start + JOIN_CHUNK, len(item_q))
             negs = item_n[start:stop]
             flat = [n for ns in negs for n in ns]
-            texts = {lang: (queries[lang].take(item_q[start:stop]), passages[lang].take(item_p[start:stop]), passages[lang].take(flat))
-                     for lang in languages}
+            texts = {
+                lang: (queries[lang].take(item_q[start:stop]), passages[lang].take(item_p[start:stop]), passages[lang].take(flat))
+                for lang in languages
+            }
             offset = 0
             for i, ns in enumerate(negs):
                 langs = [lang for lang in languages if texts[lang][0][i] is not None and texts[lang][1][i] is not None]
@@ -476,5 +481,9 @@ def load_mmarco(
         "negatives_per_item": negatives_per_item,
     }
     root = Path(directory)
-    paths = [root / triples, *(root / queries.format(lang=l) for l in languages), *(root / collection.format(lang=l) for l in languages)]
+    paths = [
+        root / triples,
+        *(root / queries.format(lang=lang) for lang in languages),
+        *(root / collection.format(lang=lang) for lang in languages),
+    ]
     return _build("mmarco", spec, paths, languages)

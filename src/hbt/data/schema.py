@@ -3,6 +3,7 @@
 An item is one question-passage pair available in several languages (translations of each other).
 Languages may be missing for some items; hard negatives are optional, per language.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

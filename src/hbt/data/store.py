@@ -6,6 +6,7 @@ through ``datasets`` (cached on disk and memory-mapped); the sampler only needs 
 Both the table and its token cache are files keyed by content, so one process per node builds them
 and every other rank memory-maps what it built.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,12 +76,12 @@ class ItemStore:
         self.languages = sorted(languages)
 
     @classmethod
-    def from_items(cls, items: Iterable[ParallelItem], languages: Sequence[str]) -> "ItemStore":
+    def from_items(cls, items: Iterable[ParallelItem], languages: Sequence[str]) -> ItemStore:
         rows = [item_to_row(item, languages) for item in items]
         return cls(datasets.Dataset.from_list(rows, features=_features(languages)), languages)
 
     @classmethod
-    def from_generator(cls, generator, gen_kwargs: dict, languages: Sequence[str]) -> "ItemStore":
+    def from_generator(cls, generator, gen_kwargs: dict, languages: Sequence[str]) -> ItemStore:
         """Stream rows into an on-disk Arrow cache (keyed by ``gen_kwargs``), then memory-map it."""
         table = datasets.Dataset.from_generator(generator, features=_features(languages), gen_kwargs=gen_kwargs)
         return cls(table, languages)
@@ -92,7 +93,7 @@ class ItemStore:
     def on_disk(self) -> bool:
         return bool(self.table.cache_files)
 
-    def persisted(self) -> "ItemStore":
+    def persisted(self) -> ItemStore:
         """This store as a memory-mapped file: file-backed stores as they are; in-memory ones saved once
         under :func:`cache_root`, keyed by their content fingerprint (a save in progress is a temporary
         directory renamed into place, so a reader never sees half a table)."""
@@ -125,7 +126,7 @@ class ItemStore:
         """Columns of the given rows (one Arrow take, not one lookup per row)."""
         return self.table[list(indices)]
 
-    def tokenized(self, text_tokenizer, workers: int | None = None) -> "ItemStore":
+    def tokenized(self, text_tokenizer, workers: int | None = None) -> ItemStore:
         """The same table with every text replaced by its token ids (prefix added, truncated).
 
         Computed once with ``datasets.map`` over ``workers`` processes (see :func:`tokenize_processes`);
@@ -160,8 +161,13 @@ class ItemStore:
             path = Path(self.table.cache_files[0]["filename"]).parent / f"tokens-{fingerprint}.arrow"
             built = any(path.parent.glob(f"{path.stem}*.arrow"))
             options.update(cache_file_name=str(path))
-            log.info("token cache: %s %s (%d items%s)", "reusing" if built else "building", path,
-                     len(self.table), "" if built else f", {processes} process{'es' if processes > 1 else ''}")
+            log.info(
+                "token cache: %s %s (%d items%s)",
+                "reusing" if built else "building",
+                path,
+                len(self.table),
+                "" if built else f", {processes} process{'es' if processes > 1 else ''}",
+            )
         table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize", **options)
         return ItemStore(table, self.languages)
 

@@ -5,6 +5,7 @@ about one territory (its currency, or its official language) in every language, 
 states it. Templates are ours; names come from CLDR, so nothing is downloaded and no text is copied.
 Splits are by territory, so train, validation and test share neither items nor territory names.
 """
+
 from __future__ import annotations
 
 import hashlib

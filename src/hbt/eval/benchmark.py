@@ -5,6 +5,7 @@ Each language has its own candidate pool, and ``relevant[lang][qid]`` lists the 
 candidates in that language's pool that answer ``qid``. This covers LAReQA-style data (XQuAD-R,
 MLQA-R), N-way parallel sentences (Tatoeba) and the built-in corpus alike.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Runs the configured retrieval evaluations during training and logs macro metrics to every logger."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -7,9 +8,9 @@ import lightning as L
 from hydra.utils import instantiate
 
 from hbt.eval.benchmark import RetrievalBenchmark
-from hbt.hardware import full_parameters
 from hbt.eval.retrieval import Evaluator, flatten_macro
 from hbt.eval.subsets import instantiate_benchmarks
+from hbt.hardware import full_parameters
 from hbt.tracking import log_pair_tables, wandb_runs
 
 
@@ -47,7 +48,9 @@ class RetrievalEvalCallback(L.Callback):
             configs = {name: spec for name, spec in factories.items() if isinstance(spec, Mapping)}
             built, self._subsets = instantiate_benchmarks(configs)
             # Factories (``_partial_`` configs) are built now; already-built benchmarks are used as they are.
-            self._benchmarks = {name: built[name] if name in built else make() if callable(make) else make for name, make in factories.items()}
+            self._benchmarks = {
+                name: built[name] if name in built else make() if callable(make) else make for name, make in factories.items()
+            }
         return self._benchmarks
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

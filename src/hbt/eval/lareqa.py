@@ -4,6 +4,7 @@ paragraphs carry ``sentences`` and ``sentence_breaks``.
 Candidates are all sentences of a language, in file order. A question's relevant candidate in a
 language is the sentence that contains its answer start there; questions are parallel by id.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -59,8 +60,11 @@ def load_lareqa(
             relevant[lang].update({qid: [offset + s] for qid, s in arts[a]["answer_sentence"].items()})
     for lang in queries:
         if not queries[lang] or not candidates[lang]:
-            raise DataError(str(Path(directory) / f"{lang}.json"), f"no {'questions' if not queries[lang] else 'sentences'} for language {lang!r}"
-                            + (f" in the {articles} articles" if articles != "all" else ""))
+            raise DataError(
+                str(Path(directory) / f"{lang}.json"),
+                f"no {'questions' if not queries[lang] else 'sentences'} for language {lang!r}"
+                + (f" in the {articles} articles" if articles != "all" else ""),
+            )
     suffix = "" if articles == "all" else f"-{articles}"
     return RetrievalBenchmark(f"{name}{suffix}", queries, candidates, relevant)
 
@@ -94,7 +98,9 @@ def _read_all(directory: str | Path, languages: list[str] | None, aligned_articl
     parsed = {lang: _read_language(directory / f"{lang}.json") for lang in languages}
     counts = {lang: len(arts) for lang, arts in parsed.items()}
     if aligned_articles and len(set(counts.values())) > 1:
-        raise DataError(str(directory), f"languages have different numbers of articles: {counts} (an article split needs XQuAD-R's aligned articles)")
+        raise DataError(
+            str(directory), f"languages have different numbers of articles: {counts} (an article split needs XQuAD-R's aligned articles)"
+        )
     return parsed
 
 

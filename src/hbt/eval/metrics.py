@@ -6,6 +6,7 @@ descending scores would. Ranks are held as a padded ``[queries, R]`` tensor with
 (queries may have different numbers of relevant candidates) so that metrics are computed for all
 queries at once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,9 @@ import torch
 _TIES_PER_CHUNK = 1 << 20
 
 
-def pool_ranks(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, pool_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_ranks(
+    scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, pool_of: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """1-based ranks of each row's relevant columns, within their own pool and within the whole row.
 
     ``scores`` is [queries, candidates]: the candidate axis may concatenate several pools (languages),
@@ -34,7 +37,10 @@ def pool_ranks(scores: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, po
     edges = torch.searchsorted(pool_of, torch.arange(pools + 1, device=scores.device)).tolist()
     row_base = torch.arange(rows, device=scores.device)[:, None] * (width + 1)
     counts = torch.stack(
-        [torch.bincount((bucket[:, a:b] + row_base).view(-1), minlength=rows * (width + 1)).view(rows, width + 1) for a, b in zip(edges, edges[1:])],
+        [
+            torch.bincount((bucket[:, a:b] + row_base).view(-1), minlength=rows * (width + 1)).view(rows, width + 1)
+            for a, b in zip(edges, edges[1:])
+        ],
         dim=1,
     )
     above = counts.flip(2).cumsum(2).flip(2)[:, :, 1:]  # [:, p, k]: scores in pool p above the k-th lowest relevant

@@ -24,6 +24,7 @@ counts within 1% of LAReQA's for ar, de, en, hi, vi and zh (es +2.6%) and the sa
 74–97% of paragraphs (docs/evaluation.md), so MLQA-R's counts can still differ slightly from LAReQA's
 table (for example ar 517 questions / 2,545 candidates); compare before publishing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,30 @@ BOUNDARY = re.compile(r"([.!?؟।]+)([\"'”’»)\]]*)(\s+)|([。！？][\"'�
 INITIALS = re.compile(r"^(?:[^\W\d_]\.)*[^\W\d_]$")  # J  U.S  z.B  d.h
 ORDINAL = re.compile(r"^\d{1,2}$")  # am 7. Mai, 19. yüzyıl
 ABBREVIATIONS = {  # a period after these is not read as a sentence end
-    "en": {"Mr", "Mrs", "Ms", "Dr", "Prof", "St", "Jr", "Sr", "Vol", "No", "approx", "vs", "ca", "cf", "Gen", "Col", "Lt", "Mt", "Inc", "Ltd", "Co", "Corp"},
+    "en": {
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Dr",
+        "Prof",
+        "St",
+        "Jr",
+        "Sr",
+        "Vol",
+        "No",
+        "approx",
+        "vs",
+        "ca",
+        "cf",
+        "Gen",
+        "Col",
+        "Lt",
+        "Mt",
+        "Inc",
+        "Ltd",
+        "Co",
+        "Corp",
+    },
     "de": {"Mio", "Mrd", "Nr", "Dr", "Prof", "St", "ca", "bzw", "vgl", "ggf", "evtl", "Str", "Bd", "Jh", "Jhd", "Abs", "Art", "Tsd"},
     "ru": {"г", "гг", "т", "тыс", "млн", "млрд", "руб", "им", "ул", "д", "ок", "см", "др"},
 }
@@ -85,7 +109,9 @@ def _period_ends_sentence(text: str, match: re.Match, lang: str | None, rules: t
 LAREQA_MLQA_R_QUESTIONS = {"ar": 517, "de": 512, "en": 1148, "es": 500, "hi": 507, "vi": 511, "zh": 504}
 
 
-def convert(mlqa_dir: str, out_dir: str, split: str = "dev", languages: list[str] | None = None, parallel_only: bool = False) -> dict[str, tuple[int, int]]:
+def convert(
+    mlqa_dir: str, out_dir: str, split: str = "dev", languages: list[str] | None = None, parallel_only: bool = False
+) -> dict[str, tuple[int, int]]:
     languages = list(languages or MLQA_R_LANGUAGES)
     docs = {}
     for lang in languages:
@@ -114,7 +140,9 @@ def convert(mlqa_dir: str, out_dir: str, split: str = "dev", languages: list[str
                 questions += len(paragraph["qas"])
                 candidates += len(spans)
         if not questions:
-            raise DataError(str(Path(mlqa_dir) / split / f"{split}-context-{lang}-question-{lang}.json"), f"no questions for language {lang!r}")
+            raise DataError(
+                str(Path(mlqa_dir) / split / f"{split}-context-{lang}-question-{lang}.json"), f"no questions for language {lang!r}"
+            )
         (out / f"{lang}.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
         counts[lang] = (questions, candidates)
     return counts

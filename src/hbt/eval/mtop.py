@@ -17,6 +17,7 @@ only where its translation exists, and each pair's ``num_queries`` in results.js
 
 The task is symmetric, so both sides are encoded alike, as queries (``symmetric=False``: candidates as passages).
 """
+
 from __future__ import annotations
 
 import logging

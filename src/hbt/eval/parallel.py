@@ -11,6 +11,7 @@ own candidate, and the multi view leaves it out for the same reason.
 These are symmetric tasks, so by default both sides are encoded alike, as queries (for mE5, its authors'
 prescription: "query: " on both sides); ``symmetric=False`` encodes the candidates as passages.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

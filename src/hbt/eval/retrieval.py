@@ -5,6 +5,7 @@ cross: query language X against the pool of Y != X        (pairs "X-Y")
 multi: query language X against the union of all pools    (key "X"; one relevant per language)
 Per-pair metrics are averaged over queries; the macro view averages over pairs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from hbt.distributed import rank_and_world
+from hbt.errors import DataError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
 from hbt.eval.metrics import mean_metrics, per_query_metrics, pool_ranks, trec_query_metrics
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
-from hbt.distributed import rank_and_world
-from hbt.errors import DataError
 from hbt.models.encoder import Encoder
 
 SETTINGS = ("mono", "cross", "multi")
@@ -101,8 +102,14 @@ class Evaluator:
         subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         options = self.encode_options(encoder)
-        log.info("encoding in %s (evaluator.precision=%s), batches of at most %d texts and %s tokens, embeddings as %s",
-                 options["precision"], self.precision, self.batch_size, options["max_tokens"] or "any number of", self.embedding_dtype)
+        log.info(
+            "encoding in %s (evaluator.precision=%s), batches of at most %d texts and %s tokens, embeddings as %s",
+            options["precision"],
+            self.precision,
+            self.batch_size,
+            options["max_tokens"] or "any number of",
+            self.embedding_dtype,
+        )
         results = {}
         self.query_rows = []
         for name, bench in benchmarks.items():
@@ -143,7 +150,9 @@ class Evaluator:
         if not isinstance(bench, RetrievalBenchmark) or bench.queries_are_candidates:
             from hbt.errors import ConfigError
 
-            raise ConfigError(f"eval.{name}.query_ids", "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences")
+            raise ConfigError(
+                f"eval.{name}.query_ids", "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences"
+            )
         everything = [q for qs in bench.queries.values() for q in qs]
         queries, pools = self.embed(encoder, bench, fingerprint)
         full = self.score(bench, queries, pools)
@@ -154,9 +163,15 @@ class Evaluator:
             sub = RetrievalBenchmark(
                 f"{bench.name}[{subset}]",
                 {lang: [bench.queries[lang][i] for i in rows] for lang, rows in keep.items()},  # every pool stays
-                bench.candidates, bench.relevant, bench.settings, bench.queries_are_candidates, bench.candidate_kind,
+                bench.candidates,
+                bench.relevant,
+                bench.settings,
+                bench.queries_are_candidates,
+                bench.candidate_kind,
             )
-            parts[subset] = self.score(sub, {lang: queries[lang][torch.tensor(rows, dtype=torch.long)] for lang, rows in keep.items()}, pools, record=False)
+            parts[subset] = self.score(
+                sub, {lang: queries[lang][torch.tensor(rows, dtype=torch.long)] for lang, rows in keep.items()}, pools, record=False
+            )
         return full, parts
 
     def encode(self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "") -> torch.Tensor:
@@ -184,8 +199,10 @@ class Evaluator:
         from hbt.hardware import EMBEDDING_DTYPES, encoding
 
         return {
-            "batch_size": self.batch_size, **encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator"),
-            "dtype": EMBEDDING_DTYPES[self.embedding_dtype], "progress": self.progress if progress is None else progress,
+            "batch_size": self.batch_size,
+            **encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator"),
+            "dtype": EMBEDDING_DTYPES[self.embedding_dtype],
+            "progress": self.progress if progress is None else progress,
         }
 
     def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str, lang: str) -> torch.Tensor:
@@ -204,7 +221,9 @@ class Evaluator:
             out[r::world] = shard
         return out
 
-    def embed(self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def embed(
+        self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = ""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         queries = {lang: self.encode(encoder, [t for _, t in qs], "query", lang, fingerprint) for lang, qs in bench.queries.items()}
         pools = {}
         for lang, texts in bench.candidates.items():
@@ -248,7 +267,11 @@ class Evaluator:
         for block in merged.values():
             block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
         return {
-            setting: {"macro": block["macro"], "pairs": block["pairs"], **({"not_applicable": block["not_applicable"]} if "not_applicable" in block else {})}
+            setting: {
+                "macro": block["macro"],
+                "pairs": block["pairs"],
+                **({"not_applicable": block["not_applicable"]} if "not_applicable" in block else {}),
+            }
             for setting, block in merged.items()
             if block["pairs"] or "not_applicable" in block
         }
@@ -275,8 +298,10 @@ class Evaluator:
             per_query = [trec_query_metrics(ranked, data.qrels[qid], bench.ks) for (qid, _), ranked in zip(queries, top.ranked_ids())]
             per_language[lang] = [(qid, m) for (qid, _), m in zip(queries, per_query)]
             if self.query_rows is not None:
-                self.query_rows.extend({"dataset": bench.name, "setting": "mono", "pair": f"{lang}-{lang}", "query_id": qid, **m}
-                                       for qid, m in per_language[lang])
+                self.query_rows.extend(
+                    {"dataset": bench.name, "setting": "mono", "pair": f"{lang}-{lang}", "query_id": qid, **m}
+                    for qid, m in per_language[lang]
+                )
             pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
             log.info("%s %s: %d queries searched over %d documents", bench.name, lang, len(queries), docs)
         if not pairs:
@@ -335,7 +360,9 @@ class Evaluator:
                 count += n
         return top, count
 
-    def score(self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor], record: bool = True) -> dict:
+    def score(
+        self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor], record: bool = True
+    ) -> dict:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine).
 
         Each query language is scored once against the concatenation of the pools it needs (all of
@@ -345,7 +372,9 @@ class Evaluator:
         langs = bench.languages
         active = [s for s in self.settings if bench.settings is None or s in bench.settings]
         if not active:  # e.g. evaluator.settings=[mono] on parallel text, which has no mono view
-            raise DataError(bench.name, f"none of evaluator.settings {list(self.settings)} applies; this benchmark has {list(bench.settings or ())}")
+            raise DataError(
+                bench.name, f"none of evaluator.settings {list(self.settings)} applies; this benchmark has {list(bench.settings or ())}"
+            )
         pairs: dict[str, dict[str, dict]] = {s: {} for s in active}
         for x in langs:
             targets = langs if ("cross" in active or "multi" in active) else [x]
@@ -354,7 +383,9 @@ class Evaluator:
             for j, y in enumerate(targets):
                 setting = "mono" if y == x else "cross"
                 if setting in pairs:
-                    pairs[setting][f"{x}-{y}"] = self._metrics(within, valid & (lang_of == j), False, (bench.name, setting, f"{x}-{y}", qids))
+                    pairs[setting][f"{x}-{y}"] = self._metrics(
+                        within, valid & (lang_of == j), False, (bench.name, setting, f"{x}-{y}", qids)
+                    )
             if "multi" in pairs:
                 pairs["multi"][x] = self._metrics(whole, valid, True, (bench.name, "multi", x, qids))
         results = {}
@@ -383,7 +414,12 @@ class Evaluator:
         own = targets.index(x) if x in targets else -1
         # Parallel text: query i of x is candidate i of x's pool, never one of its own relevant candidates.
         relevant = [
-            [(j, offsets[j] + c) for j, y in enumerate(targets) for c in bench.relevant[y].get(qid, []) if not (bench.queries_are_candidates and j == own and c == i)]
+            [
+                (j, offsets[j] + c)
+                for j, y in enumerate(targets)
+                for c in bench.relevant[y].get(qid, [])
+                if not (bench.queries_are_candidates and j == own and c == i)
+            ]
             for i, (qid, _) in enumerate(bench.queries[x])
         ]
         width = max((len(r) for r in relevant), default=0)
@@ -421,8 +457,16 @@ class Evaluator:
             columns = {name: v.tolist() for name, v in values.items()}
             relevant = ranks[keep].masked_fill(~valid[keep], 0).tolist()
             for n, i in enumerate(kept):
-                self.query_rows.append({"dataset": dataset, "setting": setting, "pair": pair, "query_id": qids[i],
-                                        **{name: column[n] for name, column in columns.items()}, "ranks": sorted(r for r in relevant[n] if r > 0)})
+                self.query_rows.append(
+                    {
+                        "dataset": dataset,
+                        "setting": setting,
+                        "pair": pair,
+                        "query_id": qids[i],
+                        **{name: column[n] for name, column in columns.items()},
+                        "ranks": sorted(r for r in relevant[n] if r > 0),
+                    }
+                )
         return {**{name: float(v.mean()) for name, v in values.items()}, "num_queries": int(keep.sum())}
 
 

@@ -4,6 +4,7 @@
 IVF indexes move to the GPUs (HNSW stays on the CPU, as faiss has no GPU HNSW). Queries are searched
 in batches so memory stays bounded.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,9 @@ class FaissSearcher:
         try:
             import faiss
         except ImportError:
-            raise ConfigError("evaluator.searcher", "faiss is not installed: pip install -e '.[cpu]' (faiss-cpu) or '.[gpu]' (faiss-gpu)") from None
+            raise ConfigError(
+                "evaluator.searcher", "faiss is not installed: pip install -e '.[cpu]' (faiss-cpu) or '.[gpu]' (faiss-gpu)"
+            ) from None
 
         index = None
         for corpus in chunks:

@@ -6,6 +6,7 @@ time into ``shard-<n>.npy`` (fp16), with the documents' ids and global positions
 rank's shards. Under torch.distributed the ranks' top-k lists are gathered and merged, so N devices return
 what one process returns. Ties are broken by corpus position, the same on any number of ranks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -133,7 +134,7 @@ class TopK:
         rows = np.arange(len(s))[:, None]
         self.scores, self.positions, self.ids = s[rows, order], p[rows, order], i[rows, order]
 
-    def merge(self, other: "TopK") -> None:
+    def merge(self, other: TopK) -> None:
         self.add(other.scores, other.positions, other.ids)
 
     def ranked_ids(self) -> list[list[str]]:

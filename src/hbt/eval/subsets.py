@@ -7,6 +7,7 @@ line), or ``re:<pattern>``: the queries whose text matches the regular expressio
 parallel benchmark: a parallel query id is in the subset when any of its translations matches). A subset
 that matches no query, or names ids the benchmark does not have, is an error, not an empty row.
 """
+
 from __future__ import annotations
 
 import re

@@ -10,6 +10,7 @@ it into fp16 shards on disk that it searches one by one. It can also be a *poole
 passage plus the top-``pool_depth`` passages of the given run files (TREC run format) — as MTEB's
 hard-negative variants do. Results say which corpus was used.
 """
+
 from __future__ import annotations
 
 import glob
@@ -17,6 +18,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from hbt.errors import ConfigError, DataError
@@ -169,13 +171,15 @@ def load_trec(
         )
     data: dict[str, TrecLanguage] = {}
     for lang in languages:
-        fill = lambda p: p.format(lang=lang, split=split)  # noqa: E731
+        fill = partial(str.format, lang=lang, split=split)
         judged = read_qrels(Path(fill(qrels)))
         keep = None
         if pooled:
             keep = {doc for docs in judged.values() for doc in docs}
             for run in runs or []:
                 keep |= {doc for docs in read_run(Path(fill(run)), pool_depth).values() for doc in docs}
-        data[lang] = TrecLanguage(read_topics(Path(fill(topics))), Corpus(corpus_files(fill(corpus)), frozenset(keep) if keep is not None else None), judged)
+        data[lang] = TrecLanguage(
+            read_topics(Path(fill(topics))), Corpus(corpus_files(fill(corpus)), frozenset(keep) if keep is not None else None), judged
+        )
     desc = f"pooled (judged + top-{pool_depth} of {len(runs or [])} run(s))" if pooled else "full"
     return TrecBenchmark(name, data, desc)

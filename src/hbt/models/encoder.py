@@ -10,6 +10,7 @@ Each model is used the way it was trained: prefixes only where configured (mE5's
 the embedding does not use is set aside (kept for export, but not a parameter), so DDP never sees
 parameters without gradients.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,8 +102,21 @@ class TextTokenizer:
             rules = json.dumps(tok.get_vocab(), sort_keys=True).encode()
         digest.update(rules)
         languages = (self.languages.available, sorted(self.languages.overrides.items())) if self.languages else None
-        digest.update(repr((type(tok).__name__, sorted(tok.get_added_vocab().items()), sorted(map(str, tok.all_special_tokens)), tok.truncation_side,
-                            self.query_prefix, self.passage_prefix, self.max_query_length, self.max_passage_length, languages)).encode())
+        digest.update(
+            repr(
+                (
+                    type(tok).__name__,
+                    sorted(tok.get_added_vocab().items()),
+                    sorted(map(str, tok.all_special_tokens)),
+                    tok.truncation_side,
+                    self.query_prefix,
+                    self.passage_prefix,
+                    self.max_query_length,
+                    self.max_passage_length,
+                    languages,
+                )
+            ).encode()
+        )
         return digest.hexdigest()
 
     def check_languages(self, languages) -> None:
@@ -269,7 +283,9 @@ class Encoder(nn.Module):
             raise ConfigError("model.length_groups", f"must be >= 1, got {length_groups}")
         self.length_groups = length_groups
         if pooling is not None and pooling not in POOLINGS:
-            raise ConfigError("model.pooling", f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)} (or null: the model directory's own)")
+            raise ConfigError(
+                "model.pooling", f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)} (or null: the model directory's own)"
+            )
         spec = None
         if name_or_path is None:
             if tiny is None:
@@ -282,7 +298,9 @@ class Encoder(nn.Module):
             subfolder = spec.transformer_path if spec else ""
             self.backbone, whole = load_backbone(name_or_path, trust_remote_code, subfolder)
             try:
-                tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **({"subfolder": subfolder} if subfolder else {}))
+                tokenizer = AutoTokenizer.from_pretrained(
+                    name_or_path, trust_remote_code=trust_remote_code, **({"subfolder": subfolder} if subfolder else {})
+                )
             except (OSError, ValueError) as err:
                 raise _load_error(name_or_path, err) from None
         prompts = spec.prompts if spec else {}
@@ -465,7 +483,7 @@ class Encoder(nn.Module):
         self.lora = None
 
     @classmethod
-    def from_exported(cls, directory: str | Path) -> "Encoder":
+    def from_exported(cls, directory: str | Path) -> Encoder:
         """Reload a directory written by :meth:`save_pretrained`."""
         settings = json.loads((Path(directory) / EXPORT_FILE).read_text())
         return cls(name_or_path=str(directory), **settings)

@@ -11,6 +11,7 @@ out (``de_DE`` = 250003, ``en_XX`` = 250004, ``<mask>`` = 250053).
 
     python -m hbt.models.families OUT_DIR --tokenizer <multilingual-E5 dir> [--hidden 32 --layers 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,30 +50,77 @@ def _sizes(hidden: int, layers: int) -> dict:
 
 def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """Write one family's random-init model and tokenizer to ``out``; returns ``out``."""
-    from transformers import (BertConfig, BertModel, MBartConfig, MBartModel, MT5Config, MT5Model, T5Config, T5Model, XLMRobertaConfig,
-                              XLMRobertaModel)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        MBartConfig,
+        MBartModel,
+        MT5Config,
+        MT5Model,
+        T5Config,
+        T5Model,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
 
     out = Path(out)
     torch.manual_seed(seed)
     s = _sizes(hidden, layers)
     tok = mbart50_tokenizer(tokenizer_source) if family == "mbart50" else xlmr_tokenizer(tokenizer_source)
     vocab, pad = len(tok), tok.pad_token_id
-    bert_like = {"vocab_size": vocab, "hidden_size": s["hidden"], "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
-                 "intermediate_size": s["ffn"], "pad_token_id": pad}
+    bert_like = {
+        "vocab_size": vocab,
+        "hidden_size": s["hidden"],
+        "num_hidden_layers": s["layers"],
+        "num_attention_heads": s["heads"],
+        "intermediate_size": s["ffn"],
+        "pad_token_id": pad,
+    }
     makers: dict[str, Callable[[], torch.nn.Module]] = {
         "bert": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "me5": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "labse": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "xlmr": lambda: XLMRobertaModel(XLMRobertaConfig(**bert_like, max_position_embeddings=514), add_pooling_layer=True),
         # T5 itself (model_type "t5"): the architecture of larger encoder-decoders such as UL2 (20B).
-        "t5": lambda: T5Model(T5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=max(8, s["hidden"] // s["heads"]), d_ff=s["ffn"],
-                                       num_layers=s["layers"], num_heads=s["heads"], feed_forward_proj="gated-silu", pad_token_id=pad,
-                                       decoder_start_token_id=pad)),
-        "mt5": lambda: MT5Model(MT5Config(vocab_size=vocab, d_model=s["hidden"], d_kv=max(8, s["hidden"] // s["heads"]), d_ff=s["ffn"],
-                                          num_layers=s["layers"], num_heads=s["heads"], pad_token_id=pad, decoder_start_token_id=pad)),
-        "mbart50": lambda: MBartModel(MBartConfig(vocab_size=vocab, d_model=s["hidden"], encoder_layers=s["layers"], decoder_layers=1,
-                                                  encoder_attention_heads=s["heads"], decoder_attention_heads=s["heads"], encoder_ffn_dim=s["ffn"],
-                                                  decoder_ffn_dim=s["ffn"], pad_token_id=pad, max_position_embeddings=1024)),
+        "t5": lambda: T5Model(
+            T5Config(
+                vocab_size=vocab,
+                d_model=s["hidden"],
+                d_kv=max(8, s["hidden"] // s["heads"]),
+                d_ff=s["ffn"],
+                num_layers=s["layers"],
+                num_heads=s["heads"],
+                feed_forward_proj="gated-silu",
+                pad_token_id=pad,
+                decoder_start_token_id=pad,
+            )
+        ),
+        "mt5": lambda: MT5Model(
+            MT5Config(
+                vocab_size=vocab,
+                d_model=s["hidden"],
+                d_kv=max(8, s["hidden"] // s["heads"]),
+                d_ff=s["ffn"],
+                num_layers=s["layers"],
+                num_heads=s["heads"],
+                pad_token_id=pad,
+                decoder_start_token_id=pad,
+            )
+        ),
+        "mbart50": lambda: MBartModel(
+            MBartConfig(
+                vocab_size=vocab,
+                d_model=s["hidden"],
+                encoder_layers=s["layers"],
+                decoder_layers=1,
+                encoder_attention_heads=s["heads"],
+                decoder_attention_heads=s["heads"],
+                encoder_ffn_dim=s["ffn"],
+                decoder_ffn_dim=s["ffn"],
+                pad_token_id=pad,
+                max_position_embeddings=1024,
+            )
+        ),
     }
     if family not in makers:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(makers)}")
@@ -87,7 +135,12 @@ def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: in
     raw = out.with_name(out.name + ".backbone")
     model.save_pretrained(raw)
     tok.save_pretrained(raw)
-    modules = [models.Transformer(str(raw)), models.Pooling(s["hidden"], "cls"), models.Dense(s["hidden"], s["hidden"], activation_function=torch.nn.Tanh()), models.Normalize()]
+    modules = [
+        models.Transformer(str(raw)),
+        models.Pooling(s["hidden"], "cls"),
+        models.Dense(s["hidden"], s["hidden"], activation_function=torch.nn.Tanh()),
+        models.Normalize(),
+    ]
     SentenceTransformer(modules=modules, device="cpu").save(str(out))
     return out
 
@@ -100,7 +153,9 @@ def build_all(root: str | Path, tokenizer_source: str | Path, families=tuple(FAM
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out")
-    parser.add_argument("--tokenizer", required=True, help="a directory with an XLM-R style tokenizer.json (e.g. the offline multilingual-E5)")
+    parser.add_argument(
+        "--tokenizer", required=True, help="a directory with an XLM-R style tokenizer.json (e.g. the offline multilingual-E5)"
+    )
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"any of {', '.join(FAMILIES)}, t5")

@@ -7,6 +7,7 @@ mBART-50 names them ``de_DE``, ``en_XX``, ``zh_CN``. A code is found by the part
 3-letter names are first mapped to their 2-letter form. ``model.language_codes`` overrides any of
 them, and a language with no code is a config error, never a silent fallback to English.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -15,20 +16,88 @@ from hbt.errors import ConfigError
 
 # ISO 639-3 (as in XTREME's Tatoeba files) -> ISO 639-1, for the languages language-coded tokenizers know.
 ISO3_TO_ISO1 = {
-    "afr": "af", "ara": "ar", "arb": "ar", "aze": "az", "ben": "bn", "bul": "bg", "ces": "cs", "cmn": "zh", "zho": "zh",
-    "deu": "de", "ell": "el", "eng": "en", "est": "et", "eus": "eu", "fas": "fa", "pes": "fa", "fin": "fi", "fra": "fr",
-    "glg": "gl", "guj": "gu", "heb": "he", "hin": "hi", "hrv": "hr", "hun": "hu", "ind": "id", "ita": "it", "jav": "jv",
-    "jpn": "ja", "kat": "ka", "kaz": "kk", "khm": "km", "kor": "ko", "lit": "lt", "lav": "lv", "lvs": "lv", "mal": "ml",
-    "mar": "mr", "mkd": "mk", "khk": "mn", "mon": "mn", "mya": "my", "npi": "ne", "nep": "ne", "nld": "nl", "pol": "pl",
-    "por": "pt", "pus": "ps", "ron": "ro", "rus": "ru", "sin": "si", "slv": "sl", "spa": "es", "swe": "sv", "swh": "sw",
-    "swa": "sw", "tam": "ta", "tel": "te", "tgl": "tl", "tha": "th", "tur": "tr", "ukr": "uk", "urd": "ur", "vie": "vi",
+    "afr": "af",
+    "ara": "ar",
+    "arb": "ar",
+    "aze": "az",
+    "ben": "bn",
+    "bul": "bg",
+    "ces": "cs",
+    "cmn": "zh",
+    "zho": "zh",
+    "deu": "de",
+    "ell": "el",
+    "eng": "en",
+    "est": "et",
+    "eus": "eu",
+    "fas": "fa",
+    "pes": "fa",
+    "fin": "fi",
+    "fra": "fr",
+    "glg": "gl",
+    "guj": "gu",
+    "heb": "he",
+    "hin": "hi",
+    "hrv": "hr",
+    "hun": "hu",
+    "ind": "id",
+    "ita": "it",
+    "jav": "jv",
+    "jpn": "ja",
+    "kat": "ka",
+    "kaz": "kk",
+    "khm": "km",
+    "kor": "ko",
+    "lit": "lt",
+    "lav": "lv",
+    "lvs": "lv",
+    "mal": "ml",
+    "mar": "mr",
+    "mkd": "mk",
+    "khk": "mn",
+    "mon": "mn",
+    "mya": "my",
+    "npi": "ne",
+    "nep": "ne",
+    "nld": "nl",
+    "pol": "pl",
+    "por": "pt",
+    "pus": "ps",
+    "ron": "ro",
+    "rus": "ru",
+    "sin": "si",
+    "slv": "sl",
+    "spa": "es",
+    "swe": "sv",
+    "swh": "sw",
+    "swa": "sw",
+    "tam": "ta",
+    "tel": "te",
+    "tgl": "tl",
+    "tha": "th",
+    "tur": "tr",
+    "ukr": "uk",
+    "urd": "ur",
+    "vie": "vi",
     "xho": "xh",
 }
 
 # mMARCO names its languages by their English names (its directories): the same ISO 639-1 codes.
 NAME_TO_ISO1 = {
-    "arabic": "ar", "chinese": "zh", "dutch": "nl", "english": "en", "french": "fr", "german": "de", "hindi": "hi",
-    "indonesian": "id", "italian": "it", "japanese": "ja", "portuguese": "pt", "russian": "ru", "spanish": "es", "vietnamese": "vi",
+    "arabic": "ar",
+    "chinese": "zh",
+    "dutch": "nl",
+    "english": "en",
+    "french": "fr",
+    "german": "de",
+    "hindi": "hi",
+    "indonesian": "id",
+    "italian": "it",
+    "japanese": "ja",
+    "portuguese": "pt",
+    "russian": "ru",
+    "spanish": "es",
+    "vietnamese": "vi",
 }
 
 
@@ -52,7 +121,9 @@ class LanguageCodes:
         self.by_prefix = by_prefix
         for lang, code in self.overrides.items():
             if code not in self.available:
-                raise ConfigError(f"model.language_codes.{lang}", f"{code!r} is not a code of this tokenizer; it has {', '.join(self.available)}")
+                raise ConfigError(
+                    f"model.language_codes.{lang}", f"{code!r} is not a code of this tokenizer; it has {', '.join(self.available)}"
+                )
 
     def __call__(self, lang: str | None) -> str:
         if lang is None:

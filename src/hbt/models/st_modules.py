@@ -9,6 +9,7 @@ current sentence-transformers releases load.
 Both config formats are read: the current one (``"pooling_mode": "cls"``) and the legacy booleans
 (``"pooling_mode_cls_token": true``) that hub models such as ``sentence-transformers/LaBSE`` carry.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -81,7 +82,11 @@ def read_spec(name_or_path: str) -> SentenceTransformerSpec | None:
     spec = SentenceTransformerSpec()
     settings = _json(name_or_path, "config_sentence_transformers.json") or {}
     prompts = settings.get("prompts") or {}
-    spec.prompts = {k: v for k, v in {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}.items() if v is not None}
+    spec.prompts = {
+        k: v
+        for k, v in {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}.items()
+        if v is not None
+    }
     for module in sorted(modules, key=lambda m: m["idx"]):
         kind = module["type"].rsplit(".", 1)[-1]
         path = module.get("path", "")
@@ -94,7 +99,10 @@ def read_spec(name_or_path: str) -> SentenceTransformerSpec | None:
         elif kind == "Normalize":
             spec.normalize = True
         else:
-            raise ConfigError(KEY, f"{name_or_path}: sentence-transformers module {module['type']} is not supported (hbt reads Transformer, Pooling, Dense, Normalize)")
+            raise ConfigError(
+                KEY,
+                f"{name_or_path}: sentence-transformers module {module['type']} is not supported (hbt reads Transformer, Pooling, Dense, Normalize)",
+            )
     return spec
 
 
@@ -161,7 +169,9 @@ def _activation(path: str) -> nn.Module:
         raise ConfigError(KEY, f"Dense activation {path!r} does not exist in this torch") from None
 
 
-def write_modules(directory: Path, dim: int, pooling: str, heads: list[DenseHead], query_prefix: str, passage_prefix: str, max_length: int) -> None:
+def write_modules(
+    directory: Path, dim: int, pooling: str, heads: list[DenseHead], query_prefix: str, passage_prefix: str, max_length: int
+) -> None:
     """The sentence-transformers files of an exported model: Transformer (the directory itself),
     Pooling, each Dense head with its weights, Normalize; prompts named ``query`` and ``passage``
     (and ``document``, the name current releases use for passages)."""
@@ -176,7 +186,10 @@ def write_modules(directory: Path, dim: int, pooling: str, heads: list[DenseHead
         path = f"{idx}_Dense"
         modules.append({"idx": idx, "name": str(idx), "path": path, "type": "sentence_transformers.models.Dense"})
         spec = head.spec
-        write_json(directory / path / "config.json", {"in_features": spec.in_features, "out_features": spec.out_features, "bias": spec.bias, "activation_function": spec.activation})
+        write_json(
+            directory / path / "config.json",
+            {"in_features": spec.in_features, "out_features": spec.out_features, "bias": spec.bias, "activation_function": spec.activation},
+        )
         save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(directory / path / "model.safetensors"))
     idx = len(modules)
     modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": "sentence_transformers.models.Normalize"})
@@ -184,7 +197,9 @@ def write_modules(directory: Path, dim: int, pooling: str, heads: list[DenseHead
     write_json(directory / "modules.json", modules)
     write_json(directory / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
     prompts = {"query": query_prefix, "passage": passage_prefix, "document": passage_prefix}
-    write_json(directory / "config_sentence_transformers.json", {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    write_json(
+        directory / "config_sentence_transformers.json", {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    )
 
 
 def write_json(path: Path, obj) -> None:

@@ -28,18 +28,23 @@ def make_module(chunk_size=None, symmetric=False, seed=0) -> RetrieverModule:
     return RetrieverModule(encoder, InfoNCELoss(0.05, symmetric=symmetric, chunk_size=chunk_size), optimizer=torch.optim.AdamW)
 
 
-def make_batch(with_negatives=False):
-    items = toy_items("validation", ["en", "ru", "zh"])[:BATCH]
-    examples = [
+def pair_examples(passage_lang: str, negative_lang: str) -> list[dict]:
+    """BATCH pairs: English queries, passages in passage_lang, one hard negative in negative_lang each."""
+    items = toy_items("validation", sorted({"en", passage_lang, negative_lang}))[:BATCH]
+    return [
         {
             "query": it.questions["en"],
-            "passage": it.passages["zh"],
+            "passage": it.passages[passage_lang],
             "query_lang": "en",
-            "passage_lang": "zh",
-            "negatives": [items[(i + 3) % BATCH].passages["ru"]],
+            "passage_lang": passage_lang,
+            "negatives": [items[(i + 3) % BATCH].passages[negative_lang]],
         }
         for i, it in enumerate(items)
     ]
+
+
+def make_batch(with_negatives=False):
+    examples = pair_examples("zh", "ru")
     if not with_negatives:
         for e in examples:
             del e["negatives"]
@@ -145,17 +150,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path):
 def duplicate_batch(module):
     """8 pairs (English queries, German passages, English hard negatives) where items 0 and 5 share their
     passage text, items 2 and 6 share their query text, and item 7's hard negative is item 1's positive."""
-    items = toy_items("validation", ["en", "de"])[:BATCH]
-    examples = [
-        {
-            "query": it.questions["en"],
-            "passage": it.passages["de"],
-            "query_lang": "en",
-            "passage_lang": "de",
-            "negatives": [items[(i + 3) % BATCH].passages["en"]],
-        }
-        for i, it in enumerate(items)
-    ]
+    examples = pair_examples("de", "en")
     examples[5]["passage"] = examples[0]["passage"]
     examples[6]["query"] = examples[2]["query"]
     examples[7]["negatives"] = [examples[1]["passage"]]

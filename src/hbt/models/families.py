@@ -76,37 +76,24 @@ def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: in
         "intermediate_size": s["ffn"],
         "pad_token_id": pad,
     }
+    t5_like = {
+        "vocab_size": vocab,
+        "d_model": s["hidden"],
+        "d_kv": max(8, s["hidden"] // s["heads"]),
+        "d_ff": s["ffn"],
+        "num_layers": s["layers"],
+        "num_heads": s["heads"],
+        "pad_token_id": pad,
+        "decoder_start_token_id": pad,
+    }
     makers: dict[str, Callable[[], torch.nn.Module]] = {
         "bert": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "me5": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "labse": lambda: BertModel(BertConfig(**bert_like), add_pooling_layer=True),
         "xlmr": lambda: XLMRobertaModel(XLMRobertaConfig(**bert_like, max_position_embeddings=514), add_pooling_layer=True),
         # T5 itself (model_type "t5"): the architecture of larger encoder-decoders such as UL2 (20B).
-        "t5": lambda: T5Model(
-            T5Config(
-                vocab_size=vocab,
-                d_model=s["hidden"],
-                d_kv=max(8, s["hidden"] // s["heads"]),
-                d_ff=s["ffn"],
-                num_layers=s["layers"],
-                num_heads=s["heads"],
-                feed_forward_proj="gated-silu",
-                pad_token_id=pad,
-                decoder_start_token_id=pad,
-            )
-        ),
-        "mt5": lambda: MT5Model(
-            MT5Config(
-                vocab_size=vocab,
-                d_model=s["hidden"],
-                d_kv=max(8, s["hidden"] // s["heads"]),
-                d_ff=s["ffn"],
-                num_layers=s["layers"],
-                num_heads=s["heads"],
-                pad_token_id=pad,
-                decoder_start_token_id=pad,
-            )
-        ),
+        "t5": lambda: T5Model(T5Config(**t5_like, feed_forward_proj="gated-silu")),
+        "mt5": lambda: MT5Model(MT5Config(**t5_like)),
         "mbart50": lambda: MBartModel(
             MBartConfig(
                 vocab_size=vocab,

@@ -123,8 +123,8 @@ def _encode_worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        from hbt.data.toy import toy_benchmark
         from hbt.eval.retrieval import Evaluator
+        from hbt.eval.toy import toy_benchmark
 
         results = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
         torch.save(results, os.path.join(out_dir, f"eval{rank}.pt"))
@@ -135,8 +135,8 @@ def _encode_worker(rank, world, port, out_dir):
 @pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path):
     """In fp32: bf16 rounds differently in other batch compositions (each rank encodes its own shard)."""
-    from hbt.data.toy import toy_benchmark
     from hbt.eval.retrieval import Evaluator
+    from hbt.eval.toy import toy_benchmark
 
     expected = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
     mp.spawn(_encode_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -234,8 +234,8 @@ def test_corpus_shards_are_reused_from_the_cache_and_a_bad_line_names_its_file(t
 def test_query_subsets_are_their_own_rows_from_the_same_embeddings(tmp_path):
     """A subset's metrics equal the full run's per-query metrics averaged over its queries: for MIRACL by
     a regex and an id file, for the built-in LAReQA-style benchmark by an id list (pools unchanged)."""
-    from hbt.data.toy import toy_benchmark
     from hbt.errors import ConfigError
+    from hbt.eval.toy import toy_benchmark
 
     paths = write_miracl(tmp_path)
     bench = load_trec("miracl", ["sw"], **paths)

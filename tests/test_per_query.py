@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FAST, run_cli
 
-from hbt.data.toy import toy_benchmark
 from hbt.eval.mtop import load_mtop
 from hbt.eval.parallel import load_parallel_files
 from hbt.eval.retrieval import Evaluator
+from hbt.eval.toy import toy_benchmark
 from hbt.eval.trec import load_trec
 from hbt.models.encoder import Encoder
 

@@ -102,7 +102,7 @@ def test_token_budget_auto_follows_the_device():
 
 
 def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_path):
-    from hbt.data.toy import toy_benchmark
+    from hbt.eval.toy import toy_benchmark
 
     torch.manual_seed(0)
     encoder = Encoder(tiny=TINY)

@@ -2,7 +2,8 @@
 
 import unicodedata
 
-from hbt.data.toy import toy_benchmark, toy_items
+from hbt.data.toy import toy_items
+from hbt.eval.toy import toy_benchmark
 
 LANGS = ["en", "de", "es", "fr", "ru", "ar", "zh", "hi", "el"]
 

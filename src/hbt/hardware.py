@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from hbt.errors import ConfigError
+from hbt.models.encoder import AUTOCAST_DTYPES, count_parameters
 
 # Autocast dtype of each evaluation precision (None: no autocast, full fp32).
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -107,8 +107,6 @@ def check_fits_cpu(cfg: DictConfig) -> None:
     name = cfg.model.get("name_or_path")
     if limit is None or name is None or uses_gpu(cfg.trainer):
         return
-    from hbt.models.encoder import count_parameters
-
     count = count_parameters(str(name), bool(cfg.model.get("trust_remote_code", False)))
     if count > float(limit):
         raise ConfigError(

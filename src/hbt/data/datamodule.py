@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -11,8 +12,10 @@ from torch.utils.data import DataLoader, Dataset
 from hbt.data.schema import ParallelItem, languages_of
 from hbt.data.store import ItemStore
 from hbt.errors import ConfigError, DataError
-from hbt.models.encoder import TextTokenizer
 from hbt.sampling import HybridBatchSampler, PairRef
+
+if TYPE_CHECKING:  # the tokenizer comes from the encoder (a layer above); only its interface is used here
+    from hbt.models.encoder import TextTokenizer
 
 
 class PairDataset(Dataset):

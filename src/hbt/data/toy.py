@@ -125,10 +125,3 @@ def toy_items(
             else:
                 items.append(ParallelItem(id=f"{territory}-{kind}", questions=questions, passages=passages))
     return items
-
-
-def toy_benchmark(split: str, languages: list[str], seed: int = 0, fractions: tuple[float, float] = (0.7, 0.1)):
-    """The held-out split as a retrieval benchmark: each question retrieves its item's passage."""
-    from hbt.eval.benchmark import benchmark_from_items
-
-    return benchmark_from_items(f"toy-{split}", toy_items(split, languages, seed, fractions), languages)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from hbt.data.loaders import read_lines, read_tsv
 from hbt.errors import ConfigError, DataError
 
 
@@ -104,14 +105,10 @@ class TrecBenchmark:
 
 
 def read_topics(path: Path) -> list[tuple[str, str]]:
-    from hbt.data.loaders import read_tsv
-
     return [(qid, text) for _, (qid, text) in read_tsv(path, 2)]
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    from hbt.data.loaders import read_lines
-
     qrels: dict[str, dict[str, int]] = {}
     for where, line in read_lines(path):
         parts = line.split()
@@ -126,8 +123,6 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 def read_run(path: Path, depth: int) -> dict[str, list[str]]:
     """Top-``depth`` docids per query from a TREC run (``qid Q0 docid rank score tag``), by score."""
-    from hbt.data.loaders import read_lines
-
     scored: dict[str, list[tuple[float, str]]] = {}
     for where, line in read_lines(path):
         parts = line.split()

@@ -29,6 +29,9 @@ from hbt.errors import ConfigError
 from hbt.models.languages import LanguageCodes, tokenizer_language_codes
 from hbt.models.st_modules import POOLINGS, DenseHead, read_spec, write_json, write_modules
 
+# Encoding precisions (evaluator.precision, mine.precision) and the autocast dtype of each.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 EXPORT_FILE = "hbt_encoder.json"
 Languages = str | Sequence[str] | None
 
@@ -404,8 +407,6 @@ class Encoder(nn.Module):
         little is padding. ``precision`` (fp32, bf16, fp16; see :func:`hbt.hardware.encode_precision`)
         runs the forward pass under autocast. ``lang`` (one for all, or one per text) is needed by
         language-coded tokenizers (mBART-50)."""
-        from hbt.hardware import AUTOCAST_DTYPES
-
         ids = self.tokenize_compact(texts, kind, lang)
         device = next(self.parameters()).device
         cast = AUTOCAST_DTYPES[precision]

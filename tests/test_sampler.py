@@ -159,3 +159,21 @@ def test_epochs_use_all_the_data_when_it_is_not_fully_parallel():
                 assert len(used) > 100 - 8, (ratio, epoch, len(used))
             else:  # X-Y only: the 60 items with 2+ languages
                 assert len(used) > 60 - 8, (ratio, epoch, len(used))
+
+
+def test_values_needing_no_data_are_checked_alone_with_one_line_each():
+    from hbt.errors import ConfigError
+    from hbt.sampling import check_settings
+
+    check_settings(0.5, "batch", 16, [[0, 1.0], [1, 0.0]])
+    for args, message in [
+        ((1.5,), "sampler.ratio: must lie in [0, 1], got 1.5"),
+        (("abc",), "sampler.ratio: must lie in [0, 1], got abc"),
+        ((0.5, "pairs"), "sampler.mode: unknown mode 'pairs'"),
+        ((0.5, "batch", 0), "data.batch_size: must be an integer >= 1, got 0"),
+        ((0.5, "batch", 4, [[0, 2.0]]), "sampler.ratio_schedule: expected [[epoch, ratio], ...] with ratios in [0, 1], got [0, 2.0]"),
+        ((0.5, "batch", 4, [[0]]), "sampler.ratio_schedule: expected"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            check_settings(*args)
+        assert str(err.value).startswith("config error: " + message), str(err.value)

@@ -36,6 +36,20 @@ class PairRef:
         return self.query_lang == self.passage_lang
 
 
+def check_settings(ratio, mode: str = "batch", batch_size=1, ratio_schedule=None) -> None:
+    """The sampler's values that need no data, one line naming the key for a bad one. The entry points
+    call it before anything heavy starts (models, loggers, the trainer); the sampler calls it again."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise ConfigError("sampler.ratio", f"must lie in [0, 1], got {ratio}")
+    if mode not in MODES:
+        raise ConfigError("sampler.mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError("data.batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    for point in ratio_schedule or []:
+        if len(point) != 2 or not all(isinstance(v, (int, float)) for v in point) or not 0.0 <= float(point[1]) <= 1.0:
+            raise ConfigError("sampler.ratio_schedule", f"expected [[epoch, ratio], ...] with ratios in [0, 1], got {list(point)}")
+
+
 class HybridBatchSampler:
     """Batch sampler yielding this rank's ``batch_size`` pairs of each global batch.
 
@@ -55,12 +69,7 @@ class HybridBatchSampler:
         language_weights: dict[str, float] | None = None,
         ratio_schedule: Sequence[Sequence[float]] | None = None,
     ):
-        if not 0.0 <= float(ratio) <= 1.0:
-            raise ConfigError("sampler.ratio", f"must lie in [0, 1], got {ratio}")
-        if mode not in MODES:
-            raise ConfigError("sampler.mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        if batch_size < 1:
-            raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
+        check_settings(ratio, mode, batch_size, ratio_schedule)
         self.languages = sorted({lang for langs in item_languages for lang in langs})
         lang_index = {lang: i for i, lang in enumerate(self.languages)}
         self.has_lang = np.zeros((len(item_languages), len(self.languages)), dtype=bool)
@@ -98,9 +107,6 @@ class HybridBatchSampler:
     def _validate(self) -> None:
         uses_mono = self.ratio > 0 or any(r > 0 for _, r in self.ratio_schedule)
         uses_cross = self.ratio < 1 or any(r < 1 for _, r in self.ratio_schedule)
-        for _, r in self.ratio_schedule:
-            if not 0.0 <= r <= 1.0:
-                raise ConfigError("sampler.ratio_schedule", f"ratios must lie in [0, 1], got {r}")
         if uses_cross and len(self.languages) < 2:
             raise ConfigError("sampler.ratio", f"X-Y batches (ratio < 1) need at least 2 languages, data has {self.languages}")
         if uses_cross:

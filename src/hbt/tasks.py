@@ -29,6 +29,7 @@ from hbt.eval.subsets import instantiate_benchmarks
 from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
+from hbt.sampling import check_settings
 from hbt.sweeps import clear_failure, record_failure
 from hbt.tracking import finish_wandb, log_final_results
 
@@ -37,11 +38,20 @@ RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.parquet"
 
 
-def train(cfg: DictConfig) -> tuple[dict, dict]:
-    out = _prepare_output(cfg)
-    resolve_precision(cfg)
-    log.info("training in %s (trainer.precision)", cfg.trainer.precision)
+def check_values(cfg: DictConfig) -> None:
+    """Config values that need no model or data, checked before anything heavy starts (the encoder, the
+    loggers and their banners, the trainer), so a bad one is the first and only line of output."""
+    sampler = cfg.sampler
+    check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
+    instantiate(cfg.loss)  # temperature, chunk size
     check_fsdp(cfg)
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    resolve_precision(cfg)
+    check_values(cfg)
+    out = _prepare_output(cfg)
+    log.info("training in %s (trainer.precision)", cfg.trainer.precision)
     check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)

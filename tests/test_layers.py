@@ -8,7 +8,19 @@ from conftest import ROOT
 
 # Lowest first. A module belongs to the first prefix it matches, in this order of precedence.
 LAYERS = [
-    ("base", ["hbt.errors", "hbt.sampling", "hbt.distributed", "hbt.data.schema", "hbt.stats", "hbt.checkpointing", "hbt.sweeps"]),
+    (
+        "base",
+        [
+            "hbt.errors",
+            "hbt.progress",
+            "hbt.sampling",
+            "hbt.distributed",
+            "hbt.data.schema",
+            "hbt.stats",
+            "hbt.checkpointing",
+            "hbt.sweeps",
+        ],
+    ),
     ("data", ["hbt.data"]),
     ("model", ["hbt.models", "hbt.loss"]),
     ("train", ["hbt.hardware", "hbt.module"]),

@@ -34,6 +34,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from hbt.errors import ConfigError, OutputError
+from hbt.progress import check_progress
+from hbt.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 FILTERS = ("own", "skip_top", "margin")
@@ -89,7 +91,7 @@ class Miner:
         query_block: int = 100_000,
         shard_size: int = 200_000,
         searcher=None,
-        progress: bool = True,
+        progress: bool | str = "auto",
         precision: str = "auto",
         max_tokens: int | str | None = "auto",
     ):
@@ -110,17 +112,18 @@ class Miner:
         self.depth, self.skip_top, self.margin, self.num_negatives = depth, skip_top, margin, num_negatives
         self.pool_mode, self.batch_size, self.query_block, self.shard_size = pool, batch_size, query_block, shard_size
         self.searcher = searcher or FaissSearcher()
-        self.progress = progress
+        self.progress = check_progress(progress, "mine.progress")
         from hbt.hardware import encoding
 
         encoding(precision, max_tokens, "cpu", "mine")  # bad values stop before the model loads
         self.precision, self.max_tokens = precision, max_tokens
 
-    def _encode(self, encoder, texts: list[str], kind: str, lang) -> np.ndarray:
+    def _encode(self, encoder, texts: list[str], kind: str, lang, progress=None) -> np.ndarray:
         from hbt.hardware import encoding
 
         options = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "mine")
-        return encoder.encode(texts, kind, lang, self.batch_size, self.progress, **options).numpy()
+        shown = self.progress if progress is None else progress
+        return encoder.encode(texts, kind, lang, self.batch_size, shown, **options).numpy()
 
     def mine_language(self, encoder, store, lang: str, work: Path, keys: np.ndarray | None = None) -> tuple[dict[int, list[str]], Counter]:
         """Hard negatives of language ``lang`` for every item that has it: ``{item: [texts]}``
@@ -146,13 +149,17 @@ class Miner:
         out: dict[int, list[str]] = {}
         counts: Counter = Counter()
         blocks = range(0, len(items), self.query_block)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            blocks = tqdm(blocks, desc=f"mine {lang}", unit="block")
+        blocks = show_progress(
+            blocks,
+            len(items),
+            f"mine {lang}",
+            self.progress,
+            unit="queries",
+            weight=lambda start: len(items[start : start + self.query_block]),
+        )
         for start in blocks:
             block = items[start : start + self.query_block]
-            q = self._encode(encoder, [questions[i] for i in block], "query", lang)
+            q = self._encode(encoder, [questions[i] for i in block], "query", lang, progress=False)  # the blocks' bar counts these
             positive = embeddings.rows([pool.index[keys[i, column]] for i in block]) if self.margin is not None else None
             top = search_shards(self.searcher, q, shards, k)
             for row, item in enumerate(block):

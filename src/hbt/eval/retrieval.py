@@ -22,6 +22,8 @@ from hbt.eval.metrics import mean_metrics, per_query_metrics, pool_ranks, trec_q
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
 from hbt.models.encoder import Encoder
+from hbt.progress import check_progress
+from hbt.progress import progress as show_progress
 
 SETTINGS = ("mono", "cross", "multi")
 NOT_APPLICABLE = {"mono": "parallel sentences: in the pool of the query's language its only translation is the query itself"}
@@ -50,7 +52,7 @@ class Evaluator:
         batch_size: int = 128,
         ks: tuple[int, ...] = (1, 10),
         settings: tuple[str, ...] = SETTINGS,
-        progress: bool = False,
+        progress: bool | str = "auto",
         searcher: FaissSearcher | None = None,
         cache_dir: str | None = None,
         score_block: int = 1 << 24,
@@ -81,7 +83,7 @@ class Evaluator:
             raise ConfigError("evaluator.at_k", f"expected a non-empty subset of {list(AT_K)}, got {list(at_k)}")
         self.at_k = tuple(at_k)
         self.settings = tuple(settings)
-        self.progress = progress
+        self.progress = check_progress(progress, "evaluator.progress")
         self.searcher = searcher or FaissSearcher()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.score_block = score_block  # query x candidate scores held at once while ranking
@@ -174,10 +176,13 @@ class Evaluator:
             )
         return full, parts
 
-    def encode(self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "") -> torch.Tensor:
-        """Embeddings of texts of one language (language-coded tokenizers tag them with it)."""
+    def encode(
+        self, encoder: Encoder, texts: list[str], kind: str, lang: str, fingerprint: str = "", progress: bool | str | None = None
+    ) -> torch.Tensor:
+        """Embeddings of texts of one language (language-coded tokenizers tag them with it); ``progress``
+        overrides ``evaluator.progress`` for this call."""
         if self.cache_dir is None:
-            return self._encode_sharded(encoder, texts, kind, lang)
+            return self._encode_sharded(encoder, texts, kind, lang, progress)
         options = self.encode_options(encoder)
         digest = hashlib.blake2b(f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}".encode(), digest_size=20)
         for text in texts:
@@ -186,7 +191,7 @@ class Evaluator:
         path = self.cache_dir / f"{digest.hexdigest()}.pt"
         if path.exists():
             return torch.load(path)
-        embeddings = self._encode_sharded(encoder, texts, kind, lang)
+        embeddings = self._encode_sharded(encoder, texts, kind, lang, progress)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(embeddings, tmp)
@@ -205,15 +210,17 @@ class Evaluator:
             "progress": self.progress if progress is None else progress,
         }
 
-    def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str, lang: str) -> torch.Tensor:
+    def _encode_sharded(self, encoder: Encoder, texts: list[str], kind: str, lang: str, progress=None) -> torch.Tensor:
         """Under torch.distributed every rank encodes every world-th text and the shards are gathered,
-        so N devices encode a benchmark N times faster; a single process encodes everything."""
+        so N devices encode a benchmark N times faster; a single process encodes everything. Only rank
+        zero shows progress."""
         rank, world = rank_and_world()
+        shown = (self.progress if progress is None else progress) if rank == 0 else False
         if world == 1:
-            return encoder.encode(texts, kind, lang, **self.encode_options(encoder))
+            return encoder.encode(texts, kind, lang, **self.encode_options(encoder, shown))
         import torch.distributed as dist
 
-        local = encoder.encode(texts[rank::world], kind, lang, **self.encode_options(encoder, self.progress and rank == 0))
+        local = encoder.encode(texts[rank::world], kind, lang, **self.encode_options(encoder, shown))
         shards: list = [None] * world
         dist.all_gather_object(shards, local)
         out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0), dtype=shards[0].dtype)
@@ -224,12 +231,23 @@ class Evaluator:
     def embed(
         self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = ""
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        queries = {lang: self.encode(encoder, [t for _, t in qs], "query", lang, fingerprint) for lang, qs in bench.queries.items()}
-        pools = {}
-        for lang, texts in bench.candidates.items():
-            same = bench.candidate_kind == "query" and lang in queries and texts == [t for _, t in bench.queries[lang]]
-            # Symmetric parallel text: the candidates are the queries, encoded the same way: reuse them.
-            pools[lang] = queries[lang] if same else self.encode(encoder, texts, bench.candidate_kind, lang, fingerprint)
+        query_texts = {lang: [t for _, t in qs] for lang, qs in bench.queries.items()}
+        # Symmetric parallel text: where the candidates are the queries, encoded the same way, reuse them.
+        reused = {lang for lang, texts in bench.candidates.items() if bench.candidate_kind == "query" and texts == query_texts.get(lang)}
+        jobs = [("query", lang, texts) for lang, texts in query_texts.items()]
+        jobs += [(bench.candidate_kind, lang, texts) for lang, texts in bench.candidates.items() if lang not in reused]
+        # One progress display over the whole benchmark (its languages' encodes are seconds to minutes each).
+        rank, _ = rank_and_world()
+        shown = show_progress(
+            jobs,
+            sum(len(job[2]) for job in jobs),
+            f"encode {bench.name}",
+            self.progress if rank == 0 else False,
+            weight=lambda job: len(job[2]),
+        )
+        done = {(kind, lang): self.encode(encoder, texts, kind, lang, fingerprint, progress=False) for kind, lang, texts in shown}
+        queries = {lang: done[("query", lang)] for lang in query_texts}
+        pools = {lang: queries[lang] if lang in reused else done[(bench.candidate_kind, lang)] for lang in bench.candidates}
         return queries, pools
 
     def evaluate(self, encoder: Encoder, bench, fingerprint: str = "") -> dict:
@@ -334,7 +352,7 @@ class Evaluator:
         rank, world = rank_and_world()
 
         def encode(texts: list[str], positions=None):
-            return encoder.encode(texts, "passage", lang, **self.encode_options(encoder, self.progress and rank == 0)).numpy()
+            return encoder.encode(texts, "passage", lang, **self.encode_options(encoder, self.progress if rank == 0 else False)).numpy()
 
         with contextlib.ExitStack() as stack:
             if self.cache_dir is not None:  # kept and reused, keyed by the encoder, the corpus files and the split

@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertM
 from hbt.errors import ConfigError
 from hbt.models.languages import LanguageCodes, tokenizer_language_codes
 from hbt.models.st_modules import POOLINGS, DenseHead, read_spec, write_json, write_modules
+from hbt.progress import progress as show_progress
 
 # Encoding precisions (evaluator.precision, mine.precision) and the autocast dtype of each.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -396,7 +397,7 @@ class Encoder(nn.Module):
         kind: str,
         lang: Languages = None,
         batch_size: int = 128,
-        progress: bool = False,
+        progress: bool | str = False,
         precision: str = "fp32",
         max_tokens: int | None = None,
         dtype: torch.dtype = torch.float32,
@@ -405,7 +406,8 @@ class Encoder(nn.Module):
         batched longest first by token count (:func:`token_batches`): at most ``batch_size`` texts and,
         with ``max_tokens``, at most that many tokens once padded, so short texts go in large batches and
         little is padding. ``precision`` (fp32, bf16, fp16; see :func:`hbt.hardware.encode_precision`)
-        runs the forward pass under autocast. ``lang`` (one for all, or one per text) is needed by
+        runs the forward pass under autocast. ``progress`` (auto, true, false: :mod:`hbt.progress`) shows
+        texts encoded, rate and ETA. ``lang`` (one for all, or one per text) is needed by
         language-coded tokenizers (mBART-50)."""
         ids = self.tokenize_compact(texts, kind, lang)
         device = next(self.parameters()).device
@@ -414,11 +416,7 @@ class Encoder(nn.Module):
         self.eval()
         out = None
         batches = token_batches([len(row) for row in ids], batch_size, max_tokens)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"encode {kind}", unit="batch", leave=False)
-        for rows in batches:
+        for rows in show_progress(batches, len(texts), f"encode {kind}", progress, unit="texts", weight=len):
             batch = self.text_tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=cast) if cast is not None else contextlib.nullcontext():
                 embeddings = self({k: v.to(device) for k, v in batch.items()})

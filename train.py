@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from hbt.tasks import run_task, train
+from hbt.tasks import optimized_value, run_task, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_task(train, cfg)
-    return None if metrics is None else metrics.get("test/toy/multi/map")
+    """Returns ``optimized_metric`` to sweepers (Optuna and the like)."""
+    return optimized_value(cfg, run_task(train, cfg))
 
 
 if __name__ == "__main__":

@@ -162,3 +162,21 @@ def test_a_query_subset_from_the_command_line_is_its_own_row(make_cfg, tmp_path)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results) == {"toy", "toy[all]"}
     assert results["toy[all]"]["multi"]["macro"] == results["toy"]["multi"]["macro"]  # every query: the same numbers
+
+
+def test_optimized_metric_is_checked_before_training_and_returned(make_cfg):
+    from hbt.errors import ConfigError
+    from hbt.tasks import check_values, optimized_value
+
+    metrics = {"test/toy/mono/map": 0.5, "test/toy/multi/map": 0.1, "test/toy/multi/recall@10": 0.2}
+    assert optimized_value(make_cfg("train", []), metrics) == 0.1  # null: the first benchmark's multi/map
+    assert optimized_value(make_cfg("train", ["optimized_metric=test/toy/mono/map"]), metrics) == 0.5
+    assert optimized_value(make_cfg("train", ["optimized_metric=test/toy/mono/map"]), None) is None  # a failed multirun job
+    assert optimized_value(make_cfg("train", []), {"test/tatoeba/xx_en/map": 0.3, "test/tatoeba/xx_en/recall@1": 0.2}) == 0.3
+    with pytest.raises(ConfigError, match="optimized_metric: test/toy/cross/ndcg@10 is not among this run's metrics"):
+        optimized_value(make_cfg("train", ["optimized_metric=test/toy/cross/ndcg@10"]), metrics)
+    with pytest.raises(
+        ConfigError, match=r"optimized_metric: expected test/<benchmark>/<setting>/<metric> with a benchmark of eval \(toy\)"
+    ):
+        check_values(make_cfg("train", ["optimized_metric=test/xquad_r/multi/map"]))
+    check_values(make_cfg("train", ["optimized_metric=test/toy/multi/map"]))

@@ -45,6 +45,31 @@ def check_values(cfg: DictConfig) -> None:
     check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
     instantiate(cfg.loss)  # temperature, chunk size
     check_fsdp(cfg)
+    name = cfg.get("optimized_metric")
+    if name is not None:
+        parts = str(name).split("/")
+        benchmarks = sorted((cfg.get("eval") or {}).keys())
+        if len(parts) != 4 or parts[0] != "test" or parts[1].split("[")[0] not in benchmarks:
+            raise ConfigError(
+                "optimized_metric",
+                f"expected test/<benchmark>/<setting>/<metric> with a benchmark of eval ({', '.join(benchmarks)}); got {name}",
+            )
+
+
+def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
+    """What train.py returns to a sweeper: ``optimized_metric`` (null: the first benchmark's multi/map,
+    or its first MAP where it has no multi setting). A name the finished run did not compute is an error
+    (the results are written by then)."""
+    if not metrics:
+        return None
+    name = cfg.get("optimized_metric")
+    if name is None:
+        maps = [key for key in metrics if key.endswith("/map")]
+        name = next((key for key in maps if key.split("/")[2] == "multi"), maps[0] if maps else None)
+        return None if name is None else metrics[name]
+    if name not in metrics:
+        raise ConfigError("optimized_metric", f"{name} is not among this run's metrics ({', '.join(sorted(metrics)[:6])}, ...)")
+    return metrics[name]
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -86,6 +111,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         write_results(out, results, cfg, per_query)
         log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        optimized_value(cfg, metrics)  # a name the run did not compute stops here, after the results are written
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 

@@ -62,6 +62,9 @@ def test_a_failing_multirun_job_does_not_stop_the_others_but_fails_the_sweep(tmp
         f"sweep error: 1 of 2 jobs failed (0); {tmp_path / '0'}: config error: sampler.ratio: must lie in [0, 1], got 2"
     )
     assert not (tmp_path / "0" / "results.json").exists() and not (tmp_path / "1" / "FAILED").exists()
+    # The job that trained (W&B logger, export) printed none of the third-party noise hbt keeps out.
+    for noise in ("💡 Tip", "anonymous setting", "LeafSpec", "Writing model shards"):
+        assert noise not in proc.stdout + proc.stderr, noise
     assert json.loads((tmp_path / "1" / "results.json").read_text())["toy"]["mono"]["macro"]["map"] >= 0
     runs = list((tmp_path / "1" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and summarize(runs[0])["name"] == "tiny-ratio0.5"

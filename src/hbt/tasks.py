@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -265,12 +266,35 @@ def _hbt_cause(err: BaseException | None) -> HbtError | None:
     return None
 
 
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+NO_TIPS = _NoTips()
+
+
+def quiet_third_party() -> None:
+    """Keep third-party noise out of a run's output: Lightning's advertising tip, a deprecation warning
+    raised inside Lightning's own code, and transformers' progress bars where output is no terminal (a
+    one-shard "Writing model shards" bar per export in every log)."""
+    from lightning_utilities.core import rank_zero
+
+    rank_zero.log.addFilter(NO_TIPS)  # the logger Lightning installs there; adding the filter twice is a no-op
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -> dict | None:
     """Run a task the way every entry point does: one-line errors, W&B always finished.
 
     In a multirun a failing job is logged, leaves its error in ``<job dir>/FAILED`` and the sweep goes
     on; the sweep then exits non-zero (:mod:`hbt.sweeps`). A single run exits non-zero at once.
     """
+    quiet_third_party()
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun:
         clear_failure()

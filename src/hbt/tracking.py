@@ -66,7 +66,7 @@ def wandb_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
 
     def make(run_mode: str) -> WandbLogger:
-        return WandbLogger(
+        logger = WandbLogger(
             project=project,
             name=name,
             group=group,
@@ -76,6 +76,9 @@ def wandb_logger(
             mode=run_mode,
             settings=wandb.Settings(init_timeout=init_timeout, silent=True),
         )
+        # Lightning always passes wandb's deprecated `anonymous` (as None), which makes wandb warn on every run.
+        logger._wandb_init.pop("anonymous", None)
+        return logger
 
     logger = make(resolved)
     try:

@@ -1,4 +1,10 @@
-"""Checkpoints that make an interrupted run resumable exactly, on one process or under DDP.
+"""Checkpoints: what hbt adds to Lightning's format, and interrupted runs made resumable exactly, on one
+process or under DDP.
+
+hbt's part of a checkpoint is written and read here only: ``hbt_config`` (the resolved run config, from
+which ``evaluate.py ckpt_path=...`` rebuilds the encoder) and ``hbt_rng`` (every rank's torch, CUDA, numpy
+and Python RNG states). Everything in a checkpoint is tensors and plain values, so it loads with
+``torch.load(weights_only=True)`` (Lightning's resume and :func:`read_checkpoint` both do).
 
 On Ctrl-C or SIGTERM (a cluster's pre-emption) training stops after the current batch and this callback
 writes ``checkpoints/last.ckpt`` (through a temporary file and a rename, so an earlier ``last.ckpt`` is
@@ -17,18 +23,87 @@ small all-reduce, so they all stop after the same step and write the checkpoint 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hbt.distributed import rank_and_world
 from hbt.errors import ConfigError
 
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
+CONFIG_KEY = "hbt_config"
+RNG_KEY = "hbt_rng"
+ENCODER_PREFIX = "encoder."  # the RetrieverModule's encoder attribute, in Lightning's state_dict
+
+
+def add_run_state(checkpoint: dict, config: dict | None) -> None:
+    """On save (every rank calls it: Lightning runs the hook on all). Lightning restores model, optimizer,
+    scheduler and loop state; the RNGs (dropout) are hbt's to keep, every rank's: their streams drift
+    apart (each rank's batch slice has its own padded shape, so dropout draws differ), and a resumed rank
+    must continue its own."""
+    checkpoint[CONFIG_KEY] = config
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    _, world = rank_and_world()
+    states = [state]
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, state)
+    checkpoint[RNG_KEY] = states
+
+
+def restore_rng(checkpoint: dict) -> None:
+    """On load: this rank's RNG states (rank 0's where the run had fewer ranks)."""
+    states = checkpoint.get(RNG_KEY)
+    rank, _ = rank_and_world()
+    state = states[rank] if isinstance(states, list) and rank < len(states) else (states[0] if isinstance(states, list) else states)
+    if state:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+        random.setstate(state["python"])
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """An hbt training checkpoint (``weights_only=True``), or one line naming ``ckpt_path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ConfigError("ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or not checkpoint.get(CONFIG_KEY) or "state_dict" not in checkpoint:
+        raise ConfigError("ckpt_path", f"{path} is not an hbt training checkpoint")
+    return checkpoint
+
+
+def encoder_state(state_dict: dict) -> dict:
+    """The encoder's own state dict out of the module's (Lightning's ``state_dict``, FSDP's full one)."""
+    return {key.removeprefix(ENCODER_PREFIX): value for key, value in state_dict.items() if key.startswith(ENCODER_PREFIX)}
+
+
+# numpy's RNG state holds a uint32 array, which weights_only loading refuses: kept as an int64 tensor.
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached
 
 
 class InterruptCheckpoint(L.Callback):

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim.lr_scheduler import LambdaLR
 
+from hbt.checkpointing import add_run_state, restore_rng
 from hbt.distributed import average_gradients, gather_plain, gather_with_grad, rank_and_world
 from hbt.errors import ConfigError, TrainingDiverged
 from hbt.loss import InfoNCELoss, duplicate_masks, row_keys
@@ -41,6 +40,7 @@ class RetrieverModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., LambdaLR] | None = None,
         gradient_clip_val: float | None = None,
+        run_config: dict | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -50,7 +50,7 @@ class RetrieverModule(L.LightningModule):
         # GradCache steps the optimizer itself; gradient clipping then happens here, not in the Trainer.
         self.automatic_optimization = not loss.chunk_size
         self.gradient_clip_val = gradient_clip_val
-        self.hbt_config: dict | None = None  # the resolved run config, stored in checkpoints
+        self.run_config = run_config  # the resolved run config, stored in checkpoints (hbt.checkpointing)
         self.pairs_seen: Counter[str] = Counter()
         self._unused_checked = False
 
@@ -225,36 +225,10 @@ class RetrieverModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hbt_config"] = self.hbt_config
-        # Lightning restores model, optimizer, scheduler and loop state; the RNGs (dropout) are ours to keep.
-        # Every rank's: their streams drift apart (each rank's batch slice has its own padded shape, so
-        # dropout draws differ), and a resumed rank must continue its own. Lightning calls this hook on
-        # every rank, so the states can be gathered here.
-        state = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
-            "python": random.getstate(),
-        }
-        _, world = rank_and_world()
-        states = [state]
-        if world > 1:
-            import torch.distributed as dist
-
-            states = [None] * world
-            dist.all_gather_object(states, state)
-        checkpoint["hbt_rng"] = states
+        add_run_state(checkpoint, self.run_config)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("hbt_rng")
-        rank, _ = rank_and_world()
-        state = states[rank] if isinstance(states, list) and rank < len(states) else (states[0] if isinstance(states, list) else states)
-        if state:
-            torch.set_rng_state(state["torch"])
-            if state["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda"])
-            np.random.set_state(_numpy_state_from_plain(state["numpy"]))
-            random.setstate(state["python"])
+        restore_rng(checkpoint)
 
 
 def _split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -276,14 +250,3 @@ def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-# Checkpoints load with ``weights_only=True``: keep the numpy RNG state to tensors and plain values.
-def _numpy_state_to_plain(state: tuple) -> tuple:
-    kind, keys, pos, has_gauss, cached = state
-    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
-
-
-def _numpy_state_from_plain(state: tuple) -> tuple:
-    kind, keys, pos, has_gauss, cached = state
-    return kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hbt.checkpointing import INTERRUPTS, resolve_ckpt_path
+from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.eval.subsets import instantiate_benchmarks
@@ -84,8 +83,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loss = instantiate(cfg.loss)
     # With GradCache the module steps the optimizer itself, so it also does the clipping.
     clip = {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")} if loss.chunk_size else {}
-    module = RetrieverModule(encoder, loss, optimizer=instantiate(cfg.optim.optimizer), scheduler=instantiate(cfg.optim.scheduler), **clip)
-    module.hbt_config = OmegaConf.to_container(cfg, resolve=True)
+    module = RetrieverModule(
+        encoder,
+        loss,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler),
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        **clip,
+    )
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
@@ -93,7 +98,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if is_fsdp(cfg.trainer) else {}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip}, **strategy)
     for logger in loggers:
-        logger.log_hyperparams(module.hbt_config)
+        logger.log_hyperparams(module.run_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
 
     metrics: dict = {}
@@ -187,19 +192,9 @@ def load_encoder(cfg: DictConfig) -> Encoder:
 
 def encoder_from_checkpoint(path: str | os.PathLike) -> Encoder:
     """Rebuild the encoder a training run saved: its model config is stored in the checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("ckpt_path", f"no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise ConfigError("ckpt_path", f"{path} is not a readable checkpoint ({type(err).__name__})") from None
-    config = checkpoint.get("hbt_config") if isinstance(checkpoint, dict) else None
-    if not config or "state_dict" not in checkpoint:
-        raise ConfigError("ckpt_path", f"{path} is not an hbt training checkpoint")
-    encoder: Encoder = instantiate(config["model"])
-    state = {k[len("encoder.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")}
-    encoder.load_state_dict(state)
+    checkpoint = read_checkpoint(path)
+    encoder: Encoder = instantiate(checkpoint[CONFIG_KEY]["model"])
+    encoder.load_state_dict(encoder_state(checkpoint["state_dict"]))
     return encoder
 
 
@@ -212,7 +207,7 @@ def export_sharded(trainer: L.Trainer, cfg: DictConfig, directory: Path) -> None
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
         plain: Encoder = instantiate(cfg.model)
-        plain.load_state_dict({key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")})
+        plain.load_state_dict(encoder_state(state))
         export_encoder(plain, directory)
     del state
     trainer.strategy.barrier()

@@ -63,6 +63,15 @@ def test_experiments_compose(experiment, tmp_path):
     check(compose_config("train", [f"experiment={experiment}", *extra], tmp_path))
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_evaluate_takes_every_experiment(experiment, tmp_path):
+    """`evaluate.py experiment=<name>` evaluates the experiment's model on its benchmarks."""
+    extra = ["data.train.directory=/data/mmarco"] if experiment != "xquad_r_me5_small" else []
+    cfg = compose_config("evaluate", [f"experiment={experiment}", *extra], tmp_path)
+    check(cfg)
+    assert cfg.eval and cfg.eval == compose_config("train", [f"experiment={experiment}", *extra], tmp_path).eval
+
+
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))])
 def test_group_options_compose(group, option, tmp_path):
     overrides = [f"{group}={option}"]

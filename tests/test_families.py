@@ -237,8 +237,13 @@ def test_an_unused_parameter_is_one_line_before_ddp_fails(family_dirs, tmp_path)
         module.on_after_backward()
 
 
+# mE5 is the BERT family's architecture (pooler included) with mean pooling, as mBERT's config, plus its
+# prefixes (tested above and in its sentence-transformers equivalence): under DDP it is the bert run.
+DDP_FAMILIES = [family for family in FAMILIES if family != "me5"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", DDP_FAMILIES)
 def test_family_trains_under_ddp_exports_reloads_and_evaluates(family, family_dirs, tmp_path):
     """The user's path, per family: 3 steps under trainer=ddp_cpu (2 processes, no find_unused_parameters),
     the export, then evaluate.py on the exported directory giving the training run's own results."""

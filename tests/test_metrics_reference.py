@@ -58,7 +58,7 @@ def test_ap_and_recall_from_ranks(case):
     assert together["map"] == pytest.approx(np.mean([r["map"] for r in reference.values()]), abs=1e-6)
 
 
-def test_precision_and_f1_at_k_by_hand_and_against_ranx():
+def test_precision_and_f1_at_k_by_hand_and_against_trec_eval():
     # One query, relevant candidates at ranks 1 and 3: top-1 holds 1 of 2 (P 1, R 1/2, F1 2/3), top-2
     # holds 1 (P 1/2, R 1/2, F1 1/2), top-3 holds 2 (P 2/3, R 1, F1 4/5).
     ranks, valid = torch.tensor([[1, 3]]), torch.tensor([[True, True]])
@@ -66,9 +66,8 @@ def test_precision_and_f1_at_k_by_hand_and_against_ranx():
     assert m["precision@1"] == 1 and m["recall@1"] == 0.5 and m["f1@1"] == pytest.approx(2 / 3)
     assert m["precision@2"] == 0.5 and m["f1@2"] == pytest.approx(0.5)
     assert m["precision@3"] == pytest.approx(2 / 3) and m["recall@3"] == 1 and m["f1@3"] == pytest.approx(0.8)
-    # ranx on random scores without ties (ranx leaves the order of ties unspecified)
-    from ranx import Qrels, Run, evaluate
-
+    # trec_eval on random scores without ties: precision as it is, F1 per query from its precision and
+    # recall (2PR / (P + R), 0 where both are 0), then averaged over the queries.
     rng = np.random.default_rng(3)
     scores = torch.tensor(rng.random((30, 80)))
     relevant = [list(rng.choice(80, size=int(rng.integers(1, 6)), replace=False)) for _ in range(30)]
@@ -77,13 +76,16 @@ def test_precision_and_f1_at_k_by_hand_and_against_ranx():
     valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in relevant])
     _, ranks = pool_ranks(scores, cols, valid)
     ours = ranking_metrics(ranks, valid, (1, 5, 10), False, at_k=("recall", "precision", "f1"))
-    qrels = Qrels({f"q{i}": {f"d{p}": 1 for p in r} for i, r in enumerate(relevant)})
-    run = Run({f"q{i}": {f"d{p}": float(scores[i, p]) for p in range(80)} for i in range(30)})
-    # Precision and F1 (recall and MAP are checked against pytrec_eval above; each ranx metric costs a JIT compile).
-    names = [f"{m}@{k}" for m in ("precision", "f1") for k in (1, 5, 10)]
-    reference = evaluate(qrels, run, names)
-    for name in names:
-        assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
+    qrels = {f"q{i}": {f"d{p}": 1 for p in r} for i, r in enumerate(relevant)}
+    run = {f"q{i}": {f"d{p}": float(scores[i, p]) for p in range(80)} for i in range(30)}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"P.1,5,10", "recall.1,5,10"}).evaluate(run)
+    for k in (1, 5, 10):
+        precision = [per_query[q][f"P_{k}"] for q in qrels]
+        recall = [per_query[q][f"recall_{k}"] for q in qrels]
+        f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall)]
+        assert ours[f"precision@{k}"] == pytest.approx(np.mean(precision), abs=1e-6), k
+        assert ours[f"f1@{k}"] == pytest.approx(np.mean(f1), abs=1e-6), k
+        assert ours[f"recall@{k}"] == pytest.approx(np.mean(recall), abs=1e-6), k
 
 
 def test_unknown_at_k_metric_is_one_line():

@@ -78,7 +78,8 @@ def test_existing_results_are_never_overwritten(trained, make_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+# The basic launcher's two-job sweep runs in tests/test_tracking.py (the notebook and the failing-job tests).
+@pytest.mark.parametrize("launcher", ["local_parallel"])
 def test_multirun_two_jobs(tmp_path, launcher):
     proc = run_cli("train.py", "-m", f"hydra/launcher={launcher}", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]

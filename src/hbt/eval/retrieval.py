@@ -365,7 +365,7 @@ class Evaluator:
                     Path(self.shard_dir).mkdir(parents=True, exist_ok=True)
                 directory = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.shard_dir, prefix="hbt-shards-")))
             shards = encode_shards(corpus.docs(rank, world), encode, directory, self.shard_size)
-            top = search_shards(self.searcher, queries, shards, k)
+            top = search_shards(self.searcher, queries, shards, k, self.progress if rank == 0 else False)
             count = sum(len(shard) for shard in shards)
         if world > 1:
             import torch.distributed as dist

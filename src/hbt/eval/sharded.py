@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hbt.eval.search import FaissSearcher
+from hbt.progress import progress as show_progress
 
 NO_POSITION = np.iinfo(np.int64).max
 RELEASE_AFTER = 10_000  # shards at least this large hand their freed memory back (small ones: not worth a gc pass)
@@ -141,18 +142,21 @@ class TopK:
         return [[d for d, p in zip(ids, pos) if p != NO_POSITION] for ids, pos in zip(self.ids, self.positions)]
 
 
-def search_shards(searcher: FaissSearcher, queries: np.ndarray, shards: list[Shard], k: int) -> TopK:
-    """This rank's top-k over its shards: exact search shard by shard, or one approximate index."""
+def search_shards(searcher: FaissSearcher, queries: np.ndarray, shards: list[Shard], k: int, progress=False) -> TopK:
+    """This rank's top-k over its shards: exact search shard by shard, or one approximate index; with
+    ``progress`` (:mod:`hbt.progress`) the documents searched or indexed so far, rate and ETA."""
     top = TopK(len(queries), k)
     if not shards:
         return top
+    total = sum(len(shard) for shard in shards)
     if searcher.index_type == "flat":
-        for shard in shards:
+        for shard in show_progress(shards, total, "search", progress, unit="documents", weight=len):
             scores, local = searcher.search(queries, shard.load(), k)
             top.add(scores, *_resolve(local, np.load(shard.positions), shard.doc_ids()))
         return top
     sizes = [len(shard) for shard in shards]
-    index = searcher.build_incremental((shard.load() for shard in shards), sum(sizes))
+    loaded = (shard.load() for shard in show_progress(shards, total, "build index", progress, unit="documents", weight=len))
+    index = searcher.build_incremental(loaded, total)
     scores, local = searcher.search_index(index, queries, min(k, sum(sizes)))
     positions = np.concatenate([np.load(shard.positions) for shard in shards])
     # Only the ids of shards that hold a hit are read.

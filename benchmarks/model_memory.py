@@ -33,6 +33,13 @@ sys.path.insert(0, str(ROOT / "src"))
 GB = 1e9
 BATCH, QUERY_LEN, PASSAGE_LEN = 100, 64, 256
 
+# XLM-R's base and large shapes, which mE5 base and large share.
+XLMR_BASE = dict(
+    vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514
+)
+XLMR_LARGE = dict(
+    vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, max_position_embeddings=514
+)
 # conf/model option -> (config class, published dimensions); vocabularies as the tokenizers ship them.
 ARCHS = {
     "mbert": ("BertConfig", dict(vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
@@ -43,47 +50,19 @@ ARCHS = {
     ),
     "me5_base": (
         "XLMRobertaConfig",
-        dict(
-            vocab_size=250002,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=514,
-        ),
+        XLMR_BASE,
     ),
     "me5_large": (
         "XLMRobertaConfig",
-        dict(
-            vocab_size=250002,
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            intermediate_size=4096,
-            max_position_embeddings=514,
-        ),
+        XLMR_LARGE,
     ),
     "xlmr_base": (
         "XLMRobertaConfig",
-        dict(
-            vocab_size=250002,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=514,
-        ),
+        XLMR_BASE,
     ),
     "xlmr_large": (
         "XLMRobertaConfig",
-        dict(
-            vocab_size=250002,
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            intermediate_size=4096,
-            max_position_embeddings=514,
-        ),
+        XLMR_LARGE,
     ),
     "xlmr_xl": (
         "XLMRobertaXLConfig",

@@ -204,7 +204,7 @@ def test_sharded_search_equals_one_pass_and_ranks_merge_to_the_single_process_re
     queries = vectors[[10, 3, 77]] + 0.05 * rng.standard_normal((3, 8)).astype(np.float32)
     searcher = FaissSearcher(index, nlist=4, nprobe=4)
     whole = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "one", 1000), 20)
-    sharded = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "many", 7), 20)
+    sharded = search_shards(searcher, queries, encode_shards(corpus.docs(), encode, tmp_path / "many", 7), 20, progress=True)
     merged = TopK(3, 20)
     for rank in range(3):
         merged.merge(search_shards(searcher, queries, encode_shards(corpus.docs(rank, 3), encode, tmp_path / f"r{rank}", 7), 20))

@@ -27,6 +27,7 @@ from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
+from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
 from hbt.sampling import check_settings
@@ -38,12 +39,13 @@ RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.parquet"
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig) -> InfoNCELoss:
     """Config values that need no model or data, checked before anything heavy starts (the encoder, the
-    loggers and their banners, the trainer), so a bad one is the first and only line of output."""
+    loggers and their banners, the trainer), so a bad one is the first and only line of output. Returns
+    the loss, built (and so checked) here."""
     sampler = cfg.sampler
     check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
-    instantiate(cfg.loss)  # temperature, chunk size
+    loss = instantiate(cfg.loss)  # temperature, chunk size
     check_fsdp(cfg)
     name = cfg.get("optimized_metric")
     if name is not None:
@@ -54,19 +56,20 @@ def check_values(cfg: DictConfig) -> None:
                 "optimized_metric",
                 f"expected test/<benchmark>/<setting>/<metric> with a benchmark of eval ({', '.join(benchmarks)}); got {name}",
             )
+    return loss
 
 
 def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
     """What train.py returns to a sweeper: ``optimized_metric`` (null: the first benchmark's multi/map,
-    or its first MAP where it has no multi setting). A name the finished run did not compute is an error
+    or its first MAP where it has no multi setting, or the first metric where none is a MAP). A name the finished run did not compute is an error
     (the results are written by then)."""
     if not metrics:
         return None
     name = cfg.get("optimized_metric")
     if name is None:
         maps = [key for key in metrics if key.endswith("/map")]
-        name = next((key for key in maps if key.split("/")[2] == "multi"), maps[0] if maps else None)
-        return None if name is None else metrics[name]
+        name = next((key for key in maps if key.split("/")[2] == "multi"), maps[0] if maps else next(iter(metrics)))
+        return metrics[name]
     if name not in metrics:
         raise ConfigError("optimized_metric", f"{name} is not among this run's metrics ({', '.join(sorted(metrics)[:6])}, ...)")
     return metrics[name]
@@ -74,13 +77,12 @@ def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     resolve_precision(cfg)
-    check_values(cfg)
+    loss = check_values(cfg)
     out = _prepare_output(cfg)
     log.info("training in %s (trainer.precision)", cfg.trainer.precision)
     check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
-    loss = instantiate(cfg.loss)
     # With GradCache the module steps the optimizer itself, so it also does the clipping.
     clip = {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")} if loss.chunk_size else {}
     module = RetrieverModule(

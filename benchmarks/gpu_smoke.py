@@ -190,9 +190,9 @@ def fsdp_checks(family: str, path: Path, work: Path, trainer: list[str]) -> None
             "results.json identical to the uninterrupted run" if same else "results.json differs",
         )
     start = time.perf_counter()
-    proc = cli("train.py", *common, "loss.chunk_size=4", f"hydra.run.dir={work / 'fsdp-gradcache'}")
+    proc = cli("train.py", *common, "grad_cache.chunk_size=4", f"hydra.run.dir={work / 'fsdp-gradcache'}")
     line = [entry for entry in proc.stderr.strip().splitlines() if entry.strip()][-1:] or [""]
-    refused = proc.returncode == 1 and line[0].startswith("config error: loss.chunk_size:")
+    refused = proc.returncode == 1 and line[0].startswith("config error: grad_cache.chunk_size:")
     record("fsdp/gradcache-refused", "pass" if refused else "FAIL", time.perf_counter() - start, line[0][:120])
     # LoRA under FSDP (experiment=scaling_past_13b): blocks mixing frozen and trainable parameters, and an
     # export that merges the adapters while FSDP holds the module.

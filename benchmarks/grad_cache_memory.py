@@ -23,13 +23,15 @@ def one_step(model: str, batch_size: int, chunk: int | None, max_length: int) ->
     import torch
     from common import make_datamodule, make_encoder, peak_rss_mb
 
+    from hbt.grad_cache import GradCache
     from hbt.loss import InfoNCELoss
     from hbt.module import RetrieverModule
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = make_encoder(model, max_length).to(device)
-    module = RetrieverModule(encoder, InfoNCELoss(0.05, chunk_size=chunk), optimizer=partial(torch.optim.AdamW, lr=1e-5))
+    grad_cache = GradCache(chunk) if chunk else None
+    module = RetrieverModule(encoder, InfoNCELoss(0.05), optimizer=partial(torch.optim.AdamW, lr=1e-5), grad_cache=grad_cache)
     optimizer = module.configure_optimizers()
     batch = next(iter(make_datamodule(encoder, batch_size).train_dataloader()))
     batch = {k: ({n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
@@ -39,7 +41,7 @@ def one_step(model: str, batch_size: int, chunk: int | None, max_length: int) ->
     for _ in range(2):  # the second step has Adam's state allocated
         optimizer.zero_grad()
         if chunk:
-            module.grad_cache_backward(batch)
+            module.grad_cache.backward(module, batch)
         else:
             loss, _ = module.contrastive_loss(encoder(batch["query"]), encoder(batch["passage"]), None)
             loss.backward()

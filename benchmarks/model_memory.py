@@ -148,7 +148,7 @@ def model_settings(option: str) -> tuple[bool, int | None, str]:
         cfg = compose("train", overrides=[f"model={option}"])
     strategy = cfg.trainer.strategy
     trainer = "fsdp" if not isinstance(strategy, str) else "default"
-    return bool(cfg.model.gradient_checkpointing), cfg.loss.chunk_size, trainer
+    return bool(cfg.model.gradient_checkpointing), cfg.grad_cache.chunk_size, trainer
 
 
 def estimate(option: str, gpus: int = 1) -> dict:
@@ -192,6 +192,7 @@ def table(gpus_for_fsdp: int) -> str:
 
 def measure(option: str) -> None:
     """One optimizer step of hbt's module at batch 100, full-length inputs, bf16 autocast, on the GPU."""
+    from hbt.grad_cache import GradCache
     from hbt.loss import InfoNCELoss
     from hbt.models.encoder import enable_gradient_checkpointing
     from hbt.module import RetrieverModule
@@ -213,7 +214,7 @@ def measure(option: str) -> None:
             return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
     encoder = Wrapped(backbone)
-    module = RetrieverModule(encoder, InfoNCELoss(chunk_size=chunk), optimizer=torch.optim.AdamW)
+    module = RetrieverModule(encoder, InfoNCELoss(), optimizer=torch.optim.AdamW, grad_cache=GradCache(chunk) if chunk else None)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5, fused=True)
     vocab = config.vocab_size
 

@@ -106,10 +106,10 @@ def test_parameter_count_from_config_equals_the_loaded_encoder(family_dirs):
 def test_large_model_configs_fit_an_80gb_gpu(tmp_path):
     for option, chunk in (("mt5_xl", 25), ("xlmr_xl", 10)):
         cfg = compose_config("train", [f"model={option}"], tmp_path)
-        assert cfg.model.gradient_checkpointing and cfg.loss.chunk_size == chunk
+        assert cfg.model.gradient_checkpointing and cfg.grad_cache.chunk_size == chunk
     for option in ("mt5_xxl", "xlmr_xxl"):
         cfg = compose_config("train", [f"model={option}"], tmp_path)
-        assert cfg.model.gradient_checkpointing and cfg.loss.chunk_size is None
+        assert cfg.model.gradient_checkpointing and cfg.grad_cache.chunk_size is None
         assert "FSDPStrategy" in cfg.trainer.strategy._target_
 
 
@@ -118,8 +118,8 @@ def test_fsdp_with_gradcache_is_refused_before_training(make_cfg):
     from hbt.errors import ConfigError
 
     for trainer in ("fsdp", "fsdp_cpu"):
-        with pytest.raises(ConfigError, match="loss.chunk_size: GradCache is not supported with trainer=fsdp"):
-            check_fsdp(make_cfg("train", [f"trainer={trainer}", "loss.chunk_size=4"]))
+        with pytest.raises(ConfigError, match="grad_cache.chunk_size: GradCache is not supported with trainer=fsdp"):
+            check_fsdp(make_cfg("train", [f"trainer={trainer}", "grad_cache.chunk_size=4"]))
         check_fsdp(make_cfg("train", [f"trainer={trainer}"]))  # without GradCache it is accepted
 
 

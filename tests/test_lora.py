@@ -79,7 +79,7 @@ def test_lora_trains_under_ddp_with_grad_cache_and_checkpointing(family, family_
         f"model.name_or_path={family_dirs[family]}",
         "model.lora={r: 4, alpha: 8}",
         "model.gradient_checkpointing=true",
-        "loss.chunk_size=2",
+        "grad_cache.chunk_size=2",
         "trainer=ddp_cpu",
         "trainer.max_steps=3",
         "data.batch_size=4",

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from hbt.data.datamodule import PairCollator
 from hbt.data.toy import toy_items
+from hbt.grad_cache import GradCache
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
@@ -25,7 +26,8 @@ def make_module(chunk_size=None, symmetric=False, seed=0) -> RetrieverModule:
     for module in encoder.modules():  # dropout off: chunked and whole-batch passes must match exactly
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    return RetrieverModule(encoder, InfoNCELoss(0.05, symmetric=symmetric, chunk_size=chunk_size), optimizer=torch.optim.AdamW)
+    grad_cache = GradCache(chunk_size) if chunk_size else None
+    return RetrieverModule(encoder, InfoNCELoss(0.05, symmetric=symmetric), optimizer=torch.optim.AdamW, grad_cache=grad_cache)
 
 
 def pair_examples(passage_lang: str, negative_lang: str) -> list[dict]:
@@ -59,8 +61,8 @@ def slice_batch(batch, start, stop):
 
 def loss_and_grads(module, batch):
     module.encoder.zero_grad()
-    if module.loss.chunk_size:
-        loss, _, _ = module.grad_cache_backward(batch)
+    if module.grad_cache is not None:
+        loss, _, _ = module.grad_cache.backward(module, batch)
     else:
         negatives = module.encoder(batch["negatives"]) if "negatives" in batch else None
         loss, _ = module.contrastive_loss(module.encoder(batch["query"]), module.encoder(batch["passage"]), negatives)

@@ -94,6 +94,7 @@ def grad_cache_and_reference(monkeypatch=None):
     (so with the same dropout masks as GradCache's first pass), the loss on their concatenation."""
     from test_loss_ddp import make_batch
 
+    from hbt.grad_cache import GradCache
     from hbt.models.encoder import Encoder
     from hbt.module import RetrieverModule
 
@@ -103,19 +104,19 @@ def grad_cache_and_reference(monkeypatch=None):
         for layer in encoder.modules():
             if isinstance(layer, torch.nn.Dropout):
                 layer.p = 0.3  # dropout on: every pass draws its own masks unless the RNG is replayed
-        return RetrieverModule(encoder, InfoNCELoss(0.05, chunk_size=3), optimizer=torch.optim.AdamW)
+        return RetrieverModule(encoder, InfoNCELoss(0.05), optimizer=torch.optim.AdamW, grad_cache=GradCache(3))
 
     batch = make_batch()
     cached = module()
     torch.manual_seed(1)
-    cached.grad_cache_backward(batch)
+    cached.grad_cache.backward(cached, batch)
     got = {n: p.grad.clone() for n, p in cached.encoder.named_parameters() if p.grad is not None}
 
     reference = module()
     torch.manual_seed(1)
-    from hbt.module import _split_inputs
+    from hbt.grad_cache import split_inputs
 
-    embeddings = {kind: torch.cat([reference.encoder(chunk) for chunk in _split_inputs(batch[kind], 3)]) for kind in ("query", "passage")}
+    embeddings = {kind: torch.cat([reference.encoder(chunk) for chunk in split_inputs(batch[kind], 3)]) for kind in ("query", "passage")}
     loss, _ = reference.contrastive_loss(embeddings["query"], embeddings["passage"], None, reference.batch_keys(batch))
     loss.backward()
     want = {n: p.grad.clone() for n, p in reference.encoder.named_parameters() if p.grad is not None}
@@ -131,8 +132,19 @@ def test_grad_cache_replays_the_rng_so_dropout_masks_match_with_dropout_on():
 
 def test_without_the_rng_replay_the_gradients_differ(monkeypatch):
     """The negative control of the test above: with the replay removed it must fail."""
-    import hbt.module
+    import hbt.grad_cache
 
-    monkeypatch.setattr(hbt.module, "_set_rng_state", lambda state: None)
+    monkeypatch.setattr(hbt.grad_cache, "_set_rng_state", lambda state: None)
     got, want = grad_cache_and_reference()
     assert any(not torch.allclose(got[name], want[name], atol=1e-5, rtol=1e-4) for name in got)
+
+
+@pytest.mark.parametrize("chunk", [0, -2, 2.5, True])
+def test_a_bad_grad_cache_chunk_size_names_the_key(chunk, make_cfg):
+    from hbt.errors import ConfigError
+    from hbt.grad_cache import GradCache
+
+    with pytest.raises(ConfigError, match=r"^config error: grad_cache.chunk_size: must be an integer >= 1"):
+        GradCache.from_config(make_cfg("train", [f"grad_cache.chunk_size={chunk}"]))
+    assert GradCache.from_config(make_cfg("train", [])) is None  # null: off
+    assert GradCache.from_config(make_cfg("train", ["grad_cache.chunk_size=4", "trainer.gradient_clip_val=0.5"])).gradient_clip_val == 0.5

@@ -103,7 +103,7 @@ def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
 
 @pytest.mark.slow
 def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
-    cfg = make_cfg("train", [*FAST, "loss.chunk_size=4", "trainer.max_steps=3"], tmp_path / "gc")
+    cfg = make_cfg("train", [*FAST, "grad_cache.chunk_size=4", "trainer.max_steps=3"], tmp_path / "gc")
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 3
     assert not objects["module"].automatic_optimization

@@ -134,11 +134,11 @@ def check_fsdp(cfg: DictConfig) -> None:
             f"trainer=fsdp_cpu runs in full precision only (32-true), got {cfg.trainer.get('precision')}: "
             "FSDP's bf16 parameters meet fp32 inputs in CPU layer norms, which torch does not support",
         )
-    if cfg.loss.get("chunk_size"):
+    if (cfg.get("grad_cache") or {}).get("chunk_size") is not None:
         raise ConfigError(
-            "loss.chunk_size",
+            "grad_cache.chunk_size",
             "GradCache is not supported with trainer=fsdp (FSDP reduces gradients inside every chunk's backward, "
-            "which GradCache's own averaging would repeat); set loss.chunk_size=null or use trainer=ddp",
+            "which GradCache's own averaging would repeat); set grad_cache.chunk_size=null or use trainer=ddp",
         )
 
 

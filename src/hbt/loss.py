@@ -15,19 +15,16 @@ from hbt.errors import ConfigError
 
 
 class InfoNCELoss(nn.Module):
-    """``chunk_size`` turns on GradCache: the batch is encoded ``chunk_size`` texts at a time, so
-    memory stays that of one chunk while the loss and gradients are those of the whole batch."""
+    """Cross-entropy of each query against its positive among all candidates (GradCache, which computes
+    this loss for a batch encoded in chunks, is :mod:`hbt.grad_cache`)."""
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False, chunk_size: int | None = None, mask_duplicates: bool = True):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, mask_duplicates: bool = True):
         super().__init__()
         self.mask_duplicates = mask_duplicates
         if temperature <= 0:
             raise ConfigError("loss.temperature", f"must be > 0, got {temperature}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ConfigError("loss.chunk_size", f"must be >= 1 (or null to turn GradCache off), got {chunk_size}")
         self.temperature = temperature
         self.symmetric = symmetric
-        self.chunk_size = chunk_size
 
     def forward(
         self,

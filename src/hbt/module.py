@@ -1,11 +1,11 @@
-"""The LightningModule: shared encoder + InfoNCE, with passages gathered across DDP ranks."""
+"""The LightningModule: shared encoder + InfoNCE, with passages gathered across DDP ranks (GradCache, when
+on, is :mod:`hbt.grad_cache`)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Callable
-from contextlib import nullcontext as _nullcontext
 
 import lightning as L
 import torch
@@ -14,8 +14,9 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim.lr_scheduler import LambdaLR
 
 from hbt.checkpointing import add_run_state, restore_rng
-from hbt.distributed import average_gradients, gather_plain, gather_with_grad, rank_and_world
+from hbt.distributed import gather_plain, gather_with_grad, rank_and_world
 from hbt.errors import ConfigError, TrainingDiverged
+from hbt.grad_cache import GradCache
 from hbt.loss import InfoNCELoss, duplicate_masks, row_keys
 from hbt.models.encoder import Encoder
 
@@ -39,7 +40,7 @@ class RetrieverModule(L.LightningModule):
         loss: InfoNCELoss,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., LambdaLR] | None = None,
-        gradient_clip_val: float | None = None,
+        grad_cache: GradCache | None = None,
         run_config: dict | None = None,
     ):
         super().__init__()
@@ -47,9 +48,9 @@ class RetrieverModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # GradCache steps the optimizer itself; gradient clipping then happens here, not in the Trainer.
-        self.automatic_optimization = not loss.chunk_size
-        self.gradient_clip_val = gradient_clip_val
+        # GradCache steps the optimizer itself (and clips); without it Lightning does both.
+        self.grad_cache = grad_cache
+        self.automatic_optimization = grad_cache is None
         self.run_config = run_config  # the resolved run config, stored in checkpoints (hbt.checkpointing)
         self.pairs_seen: Counter[str] = Counter()
         self._unused_checked = False
@@ -78,8 +79,8 @@ class RetrieverModule(L.LightningModule):
         return {kind: row_keys(batch[kind]) for kind in ("query", "passage", "negatives") if kind in batch}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        if self.loss.chunk_size:
-            loss, stats, queries = self.grad_cache_step(batch)
+        if self.grad_cache is not None:
+            loss, stats, queries = self.grad_cache.step(self, batch)
         else:
             queries = self.encoder(batch["query"])
             negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
@@ -88,9 +89,12 @@ class RetrieverModule(L.LightningModule):
             # Stop before the optimizer applies it; checkpoints written so far are left as they are.
             raise TrainingDiverged(self.trainer.global_step if self._trainer is not None else batch_idx, float(loss))
         self.log_step(batch, loss, stats, queries)
-        return None if self.loss.chunk_size else loss
+        return None if self.grad_cache is not None else loss
 
     def on_after_backward(self) -> None:
+        self.check_gradients_once()
+
+    def check_gradients_once(self) -> None:
         if not self._unused_checked:
             self.check_all_parameters_used()
 
@@ -131,49 +135,6 @@ class RetrieverModule(L.LightningModule):
             return True
         every = self.trainer.log_every_n_steps
         return bool(every) and ((self.trainer.global_step + 1) % every == 0 or self.trainer.should_stop)
-
-    # -- GradCache (Gao et al. 2021): large batches at the memory of one chunk ------------------------
-    def grad_cache_backward(self, batch: dict):
-        """Embed without a graph, take the loss's gradient w.r.t. the embeddings, then re-encode chunk by
-        chunk with a graph and push those gradients through, accumulating parameter gradients. RNG states
-        are replayed so dropout masks match the first pass. DDP's own sync is held off (the caller
-        averages gradients once)."""
-        kinds = ["query", "passage"] + (["negatives"] if "negatives" in batch else [])
-        chunks = {kind: _split_inputs(batch[kind], self.loss.chunk_size) for kind in kinds}
-        rng_states, embeddings = {}, {}
-        with torch.no_grad():
-            for kind in kinds:
-                rng_states[kind], parts = [], []
-                for chunk in chunks[kind]:
-                    rng_states[kind].append(_rng_state())
-                    parts.append(self.encoder(chunk))
-                embeddings[kind] = torch.cat(parts).requires_grad_()
-        loss, stats = self.contrastive_loss(embeddings["query"], embeddings["passage"], embeddings.get("negatives"), self.batch_keys(batch))
-        loss.backward()
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        with strategy.block_backward_sync() if hasattr(strategy, "block_backward_sync") else _nullcontext():
-            for kind in kinds:
-                grads = embeddings[kind].grad.split(self.loss.chunk_size)
-                for chunk, state, grad in zip(chunks[kind], rng_states[kind], grads):
-                    _set_rng_state(state)
-                    self.encoder(chunk).backward(grad)
-        return loss.detach(), stats, embeddings["query"].detach()
-
-    def grad_cache_step(self, batch: dict):
-        """One optimizer step with GradCache (manual optimization)."""
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        loss, stats, queries = self.grad_cache_backward(batch)
-        if not self._unused_checked:
-            self.check_all_parameters_used()
-        average_gradients(self.encoder.parameters())
-        if self.gradient_clip_val:
-            self.configure_gradient_clipping(optimizer, self.gradient_clip_val, "norm")
-        optimizer.step()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return loss, stats, queries
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Under FSDP, norm clipping goes through FSDP's own ``clip_grad_norm_`` (the norm over every
@@ -229,24 +190,3 @@ class RetrieverModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_rng(checkpoint)
-
-
-def _split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    """Chunks of ``size`` rows, each cut to its own longest row (right padding: what is cut is padding)."""
-    keys = list(inputs)
-    chunks = [dict(zip(keys, parts)) for parts in zip(*(inputs[k].split(size) for k in keys))]
-    for chunk in chunks:
-        width = int(chunk["attention_mask"].sum(1).max()) if chunk["attention_mask"].numel() else 0
-        for key in keys:
-            chunk[key] = chunk[key][:, : max(width, 1)]
-    return chunks
-
-
-def _rng_state() -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-
-def _set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])

@@ -26,6 +26,7 @@ from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkp
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
 from hbt.eval.subsets import instantiate_benchmarks
+from hbt.grad_cache import GradCache
 from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
@@ -39,13 +40,14 @@ RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.parquet"
 
 
-def check_values(cfg: DictConfig) -> InfoNCELoss:
+def check_values(cfg: DictConfig) -> tuple[InfoNCELoss, GradCache | None]:
     """Config values that need no model or data, checked before anything heavy starts (the encoder, the
     loggers and their banners, the trainer), so a bad one is the first and only line of output. Returns
-    the loss, built (and so checked) here."""
+    the loss and GradCache (None when off), built (and so checked) here."""
     sampler = cfg.sampler
     check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
-    loss = instantiate(cfg.loss)  # temperature, chunk size
+    loss = instantiate(cfg.loss)  # temperature
+    grad_cache = GradCache.from_config(cfg)  # chunk size
     check_fsdp(cfg)
     name = cfg.get("optimized_metric")
     if name is not None:
@@ -56,7 +58,7 @@ def check_values(cfg: DictConfig) -> InfoNCELoss:
                 "optimized_metric",
                 f"expected test/<benchmark>/<setting>/<metric> with a benchmark of eval ({', '.join(benchmarks)}); got {name}",
             )
-    return loss
+    return loss, grad_cache
 
 
 def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
@@ -77,28 +79,28 @@ def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     resolve_precision(cfg)
-    loss = check_values(cfg)
+    loss, grad_cache = check_values(cfg)
     out = _prepare_output(cfg)
     log.info("training in %s (trainer.precision)", cfg.trainer.precision)
     check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
-    # With GradCache the module steps the optimizer itself, so it also does the clipping.
-    clip = {"gradient_clip_val": cfg.trainer.get("gradient_clip_val")} if loss.chunk_size else {}
     module = RetrieverModule(
         encoder,
         loss,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler),
+        grad_cache=grad_cache,
         run_config=OmegaConf.to_container(cfg, resolve=True),
-        **clip,
     )
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     loggers = make_loggers(cfg)
     strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if is_fsdp(cfg.trainer) else {}
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **{k: None for k in clip}, **strategy)
+    # GradCache steps the optimizer itself and took the clipping over (the Trainer refuses it then).
+    clip = {"gradient_clip_val": None} if grad_cache is not None else {}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **clip, **strategy)
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))

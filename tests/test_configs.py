@@ -108,3 +108,33 @@ def test_a_key_no_constructor_takes_is_caught(tmp_path):
     """The negative control of check(): a misspelt key must fail it."""
     with pytest.raises(AssertionError, match=r"loss: \['temprature'\] not parameters of hbt.loss.InfoNCELoss"):
         check(compose_config("train", ["+loss.temprature=0.1"], tmp_path))
+
+
+def test_a_hydra_sweep_becomes_a_wandb_sweep_whose_every_run_composes(tmp_path, capsys):
+    """One grid, two launchers: the experiment's hydra.sweeper.params and key=a,b overrides become the W&B
+    sweep's parameters; each grid point, passed to train.py as the agent passes it, composes."""
+    import itertools
+
+    import yaml
+
+    from hbt.sweeps import main
+
+    main(["experiment=mbert_ratio_sweep", "model=mbert,xlmr_base", "--out", str(tmp_path / "sweep.yaml")])
+    spec = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert spec["program"] == "train.py" and spec["command"][-1] == "${args_no_hyphens}"
+    assert spec["metric"] == {"name": "test/xquad_r/multi/map", "goal": "maximize"}
+    params = spec["parameters"]
+    assert params["experiment"] == {"value": "mbert_ratio_sweep"}
+    assert params["sampler.ratio"]["values"] == [0, 0.25, 0.5, 0.75, 1] and params["model"]["values"] == ["mbert", "xlmr_base"]
+    names = {"mbert": "bert-base-multilingual-cased", "xlmr_base": "xlm-roberta-base"}
+    for ratio, model in itertools.product(params["sampler.ratio"]["values"], params["model"]["values"]):
+        cfg = compose_config("train", ["experiment=mbert_ratio_sweep", f"sampler.ratio={ratio}", f"model={model}"], tmp_path)
+        assert cfg.model.name_or_path.endswith(names[model]) and cfg.sampler.ratio == ratio
+        assert cfg.logger.wandb.group == "mbert-ratio-sweep"  # the experiment's settings apply to every run
+    # Nothing swept is one line, and a non-zero exit.
+    with pytest.raises(SystemExit) as stop:
+        main(["model=mbert"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "config error: overrides: nothing to sweep: give key=a,b overrides or an experiment with hydra.sweeper.params"
+    )

@@ -84,8 +84,8 @@ def smoke_root(tmp_path_factory, family_dirs, me5_dir):
     for hub_name, family in HUB_NAMES.items():
         (root / hub_name).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(dirs[family], root / hub_name)
-    cut_xquad_r(SHARED_DATA / "xquad-r", root / "shared" / "xquad-r")
-    cut_tatoeba(SHARED_DATA / "tatoeba", root / "shared" / "tatoeba")
+    cut_xquad_r(SHARED_DATA / "xquad-r", root / "data" / "xquad-r")  # one data root, as paths.data_dir
+    cut_tatoeba(SHARED_DATA / "tatoeba", root / "data" / "tatoeba")
     mmarco = root / "mmarco"
     mmarco.mkdir()
     write_mmarco(mmarco, MMARCO, queries=30, passages=60, triples=120)
@@ -138,7 +138,7 @@ def smoke_runs(smoke_root):
     from concurrent.futures import ThreadPoolExecutor
 
     env = {
-        "HBT_SHARED_DATA": str(smoke_root / "shared"),
+        "HBT_DATA_DIR": str(smoke_root / "data"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
@@ -154,7 +154,6 @@ def smoke_runs(smoke_root):
             "-m",
             f"experiment={experiment}",
             "debug=smoke",
-            f"paths.data_dir={smoke_root / 'data'}",
             f"hydra.sweep.dir={sweep}",
             *([f"data.train.directory={smoke_root / 'mmarco'}"] if on_mmarco else []),
             cwd=smoke_root,

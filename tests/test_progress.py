@@ -51,3 +51,37 @@ def test_config_values():
     ]
     with pytest.raises(ConfigError, match=r"evaluator.progress: expected auto, true or false; got 'sometimes'"):
         check_progress("sometimes", "evaluator.progress")
+
+
+def test_tokenization_logs_status_lines_instead_of_a_bar_where_output_is_no_terminal(caplog, capfd, monkeypatch, tmp_path):
+    """In a job log, datasets' carriage-return bar is replaced by hbt's status lines (rate, ETA)."""
+    from test_datamodule import write_items
+
+    import hbt.progress
+    from hbt.data.loaders import load_jsonl
+    from hbt.models.encoder import Encoder
+
+    write_items(tmp_path / "items.jsonl", 2500)
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # built here, not reused
+    store = load_jsonl(str(tmp_path / "items.jsonl"))
+    monkeypatch.setattr(hbt.progress.Ticker, "__init__", _every_batch(hbt.progress.Ticker.__init__))
+    with caplog.at_level(logging.INFO, logger="hbt.progress"):
+        tokens = store.tokenized(
+            Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}).text_tokenizer, workers=1
+        )
+    assert len(tokens) == 2500
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokenize")]
+    assert [line.split(",")[0] for line in lines] == [
+        "tokenize: 1000/2500 items (40%)",
+        "tokenize: 2000/2500 items (80%)",
+        "tokenize: 2500/2500 items (100%)",
+    ]
+    assert all("items/s, ETA" in line for line in lines)
+    assert "tokenize:" not in capfd.readouterr().err  # no datasets bar in the log
+
+
+def _every_batch(init):
+    def patched(self, desc, total, unit="texts", interval=30.0):
+        init(self, desc, total, unit, interval=0.0)
+
+    return patched

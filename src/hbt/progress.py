@@ -1,6 +1,6 @@
-"""Progress of long work (encoding, index building, mining): a bar with rate and ETA on a terminal, a plain
-log line with the same figures every ``interval`` seconds where output goes to a file (cluster job logs),
-and nothing for work that ends within a few seconds.
+"""Progress of long work (encoding, index building, mining, tokenization): a bar with rate and ETA on a
+terminal, a plain log line with the same figures every ``interval`` seconds where output goes to a file
+(cluster job logs), and nothing for work that ends within a few seconds.
 
 ``enabled`` is a config value (``evaluator.progress``, ``mine.progress``): ``auto`` (the default) shows
 progress as above, ``true`` the same, ``false`` nothing."""
@@ -59,15 +59,28 @@ def _bar(items, total, desc, unit, weight, stream) -> Iterator:
 
 
 def _lines(items, total, desc, unit, weight, interval) -> Iterator:
-    start = last = time.monotonic()
-    done = 0.0
+    ticker = Ticker(desc, total, unit, interval)
     for item in items:
         yield item
-        done += weight(item) if weight else 1
+        ticker.add(weight(item) if weight else 1)
+
+
+class Ticker:
+    """Counts work done and logs a :func:`status_line` every ``interval`` seconds; also for work that
+    reports its own pieces (a ``datasets.map`` function: each worker process counts in its own copy, on
+    the system-wide monotonic clock started here)."""
+
+    def __init__(self, desc: str, total: float | None, unit: str = "texts", interval: float = 30.0):
+        self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
+        self.done = 0.0
+        self.start = self.last = time.monotonic()
+
+    def add(self, amount: float) -> None:
         now = time.monotonic()
-        if now - last >= interval:
-            last = now
-            log.info("%s", status_line(desc, done, total, now - start, unit))
+        self.done += amount
+        if now - self.last >= self.interval:
+            self.last = now
+            log.info("%s", status_line(self.desc, self.done, self.total, now - self.start, self.unit))
 
 
 def status_line(desc: str, done: float, total: float | None, elapsed: float, unit: str) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -20,6 +22,7 @@ import numpy as np
 from datasets.fingerprint import Hasher
 
 from hbt.data.schema import ParallelItem
+from hbt.progress import Ticker
 
 log = logging.getLogger(__name__)
 # Bump when the token cache's layout or the tokenization it stores changes.
@@ -57,6 +60,20 @@ def _token_features(languages: Sequence[str]) -> datasets.Features:
     for lang in languages:
         spec.update({f"q.{lang}": ids, f"p.{lang}": ids, f"n.{lang}": datasets.Sequence(ids)})
     return datasets.Features(spec)
+
+
+@contextmanager
+def datasets_bars(shown: bool):
+    """datasets' own progress bars only where they draw on a terminal: in a log file each is one line of
+    carriage-return updates."""
+    enabled = datasets.utils.logging.is_progress_bar_enabled()
+    if not shown:
+        datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def item_to_row(item: ParallelItem, languages: Sequence[str]) -> dict:
@@ -102,7 +119,8 @@ class ItemStore:
         target = cache_root() / f"items-{self.table._fingerprint}"
         if not (target / "state.json").exists():
             partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-            self.table.save_to_disk(str(partial))
+            with datasets_bars(sys.stderr.isatty()):
+                self.table.save_to_disk(str(partial))
             try:
                 os.replace(partial, target)
             except OSError:  # another node's process saved it first
@@ -132,7 +150,13 @@ class ItemStore:
         Computed once with ``datasets.map`` over ``workers`` processes (see :func:`tokenize_processes`);
         for file-backed tables the result is a file next to the source, keyed by the table's and the
         tokenizer's fingerprints, that later runs and the other ranks memory-map instead of tokenizing.
+        Progress: datasets' bar on a terminal; elsewhere (job logs) a status line per worker process
+        every 30 s instead of the bar's carriage-return updates.
         """
+        processes = tokenize_processes(len(self.table), workers)
+        to_terminal = sys.stderr.isatty()
+        share = -(-len(self.table) // processes)  # each worker's contiguous shard
+        ticker = None if to_terminal else Ticker("tokenize" + (" (one worker's shard)" if processes > 1 else ""), share, "items")
 
         def encode(batch: dict) -> dict:
             out = {"id": batch["id"]}
@@ -151,9 +175,10 @@ class ItemStore:
                 for texts in negatives:
                     out[f"n.{lang}"].append(flat[start : start + len(texts or [])])
                     start += len(texts or [])
+            if ticker is not None:
+                ticker.add(len(batch["id"]))
             return out
 
-        processes = tokenize_processes(len(self.table), workers)
         # Given, so that datasets does not hash ``encode`` (and the tokenizer it holds) itself.
         fingerprint = Hasher.hash([TOKEN_FORMAT, self.table._fingerprint, text_tokenizer.fingerprint()])
         options = {"num_proc": processes if processes > 1 else None, "new_fingerprint": fingerprint}
@@ -168,7 +193,10 @@ class ItemStore:
                 len(self.table),
                 "" if built else f", {processes} process{'es' if processes > 1 else ''}",
             )
-        table = self.table.map(encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize", **options)
+        with datasets_bars(to_terminal):
+            table = self.table.map(
+                encode, batched=True, batch_size=1000, features=_token_features(self.languages), desc="tokenize", **options
+            )
         return ItemStore(table, self.languages)
 
     def item(self, index: int) -> ParallelItem:

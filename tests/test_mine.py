@@ -155,3 +155,24 @@ def test_mining_xquad_r_training_half_with_me5_then_training_on_it(tmp_path, me5
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "train/masked" in (tmp_path / "train" / "csv" / "metrics.csv").read_text()
+
+
+def test_mining_shows_progress_per_query_block_in_logs(toy, tmp_path, monkeypatch, caplog):
+    """Where output is no terminal: a status line (queries done, rate, ETA) per block once 30 s have
+    passed; here every block, with the interval set to 0."""
+    import logging
+
+    import hbt.progress
+
+    init = hbt.progress.Ticker.__init__
+    monkeypatch.setattr(
+        hbt.progress.Ticker, "__init__", lambda self, desc, total, unit="texts", interval=30.0: init(self, desc, total, unit, 0.0)
+    )
+    store, encoder = toy
+    miner = Miner(progress="auto", depth=10, num_negatives=3, margin=None, precision="fp32", query_block=64)
+    with caplog.at_level(logging.INFO, logger="hbt.progress"):
+        _, counts = miner.mine_language(encoder, store, "de", tmp_path / "work")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mine de: ")]
+    blocks = -(-counts["queries"] // 64)
+    assert len(lines) == blocks > 1
+    assert lines[-1].startswith(f"mine de: {counts['queries']}/{counts['queries']} queries (100%)") and "ETA" in lines[-1]

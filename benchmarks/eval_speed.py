@@ -34,12 +34,12 @@ def main() -> None:
     results = evaluator.score(bench, queries, pools)
     score_s = clock.seconds()
     texts = sum(len(q) for q in bench.queries.values()) + sum(len(c) for c in bench.candidates.values())
-    pairs = {s: len(results[s]["pairs"]) for s in results}
+    pairs = {s: len(results[s].pairs) for s in results}
     print(f"\nmodel={args.model} max_length={args.max_length} threads={torch.get_num_threads()} texts encoded={texts} settings={pairs}")
     print(f"encoding:                  {encode_s:8.1f} s")
     print(f"search + metrics (all):    {score_s:8.2f} s")
     print(f"after-encoding / encoding: {100 * score_s / encode_s:8.2f} %")
-    print("macro mAP: " + ", ".join(f"{s} {results[s]['macro']['map']:.4f}" for s in results))
+    print("macro mAP: " + ", ".join(f"{s} {results[s].macro['map']:.4f}" for s in results))
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def measure(option: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if chunk:
-                loss, _, _ = module.grad_cache_backward(batch)
+                loss, _, _ = module.grad_cache.backward(module, batch)
             else:
                 loss, _ = module.contrastive_loss(encoder(batch["query"]), encoder(batch["passage"]), None)
                 loss.backward()

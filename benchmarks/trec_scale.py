@@ -62,10 +62,11 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import PeakMemory, make_encoder
 
-    from hbt.eval.metrics import mean_metrics, trec_query_metrics
+    from hbt.eval.metrics import trec_query_metrics
     from hbt.eval.retrieval import Evaluator
     from hbt.eval.search import FaissSearcher
     from hbt.eval.trec import load_trec
+    from hbt.results import mean_of
 
     torch.manual_seed(0)
     encoder = make_encoder("tiny", MAX_LENGTH)
@@ -75,7 +76,7 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
     start = time.perf_counter()
     evaluator = Evaluator(batch_size=batch_size, searcher=FaissSearcher("flat"), shard_size=shard_size)
     if method == "sharded":
-        macro = evaluator.evaluate(encoder, bench)["mono"]["macro"]
+        macro = evaluator.evaluate(encoder, bench)["mono"].macro
     else:
         data = bench.languages["sw"]
         ids, texts = [], []
@@ -86,7 +87,7 @@ def child(root: str, method: str, shard_size: int, batch_size: int) -> None:
         q = encoder.encode([t for _, t in queries], "query", "sw", batch_size)
         d = encoder.encode(texts, "passage", "sw", batch_size)
         _, top = FaissSearcher("flat").search(q.numpy(), d.numpy(), 100)
-        macro = mean_metrics(
+        macro = mean_of(
             [trec_query_metrics([ids[i] for i in row if i >= 0], data.qrels[qid], bench.ks) for (qid, _), row in zip(queries, top)]
         )
     seconds = time.perf_counter() - start

@@ -65,12 +65,12 @@ def test_tatoeba_each_direction_against_english_with_xx_en_first():
     results = Evaluator(ks=(1, 10)).evaluate(Encoder(tiny=TINY), bench)
     assert list(results) == ["xx_en", "en_xx", "multi", "mono"]  # XTREME's reported direction first
     # The evaluator's mono setting does not exist for parallel sentences: recorded as such, no numbers.
-    assert results["mono"]["macro"] == {} and "query itself" in results["mono"]["not_applicable"]
-    assert set(results["xx_en"]["pairs"]) == {"afr-eng", "jpn-eng"} and set(results["en_xx"]["pairs"]) == {"eng-afr", "eng-jpn"}
-    assert set(results["multi"]["pairs"]) == {"afr", "eng(afr)", "jpn", "eng(jpn)"}
-    assert results["xx_en"]["pairs"]["afr-eng"]["num_queries"] == 1000
+    assert results["mono"].macro == {} and "query itself" in results["mono"].not_applicable
+    assert set(results["xx_en"].pairs) == {"afr-eng", "jpn-eng"} and set(results["en_xx"].pairs) == {"eng-afr", "eng-jpn"}
+    assert set(results["multi"].pairs) == {"afr", "eng(afr)", "jpn", "eng(jpn)"}
+    assert results["xx_en"].pairs["afr-eng"].num_queries == 1000
     # The query's own sentence is no candidate: one relevant (its translation), so no rank distance spread.
-    assert results["multi"]["macro"]["rank_distance"] == 0.0
+    assert results["multi"].macro["rank_distance"] == 0.0
 
 
 def test_identical_sides_give_perfect_accuracy_and_multi_excludes_the_query_itself(tmp_path):
@@ -78,9 +78,9 @@ def test_identical_sides_give_perfect_accuracy_and_multi_excludes_the_query_itse
         (tmp_path / f"{lang}.txt").write_text("a cat\nthe dog barks\nrain today\n")
     bench = load_parallel_files("copy", str(tmp_path / "{lang}.txt"), ["xx", "yy", "zz"])
     results = Evaluator(ks=(1, 2)).evaluate(Encoder(tiny=TINY), bench)
-    assert results["cross"]["macro"]["recall@1"] == 1.0
+    assert results["cross"].macro["recall@1"] == 1.0
     # Multi: the two translations (identical texts) take ranks 1 and 2; the query itself is not ranked.
-    assert results["multi"]["macro"] == {"map": 1.0, "recall@1": 0.5, "recall@2": 1.0, "rank_distance": 1.0}
+    assert results["multi"].macro == {"map": 1.0, "recall@1": 0.5, "recall@2": 1.0, "rank_distance": 1.0}
 
 
 def test_parallel_text_is_encoded_symmetrically_unless_asked(tmp_path):

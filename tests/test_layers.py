@@ -19,6 +19,7 @@ LAYERS = [
             "hbt.stats",
             "hbt.checkpointing",
             "hbt.sweeps",
+            "hbt.results",
         ],
     ),
     ("data", ["hbt.data"]),

@@ -123,10 +123,10 @@ def test_evaluator_agrees_with_straightforward_scoring_on_tied_random_data():
     for block in (1 << 24, 7):  # one block, and a few rows at a time
         got = Evaluator(ks=(1, 3), score_block=block).score(bench, queries, pools)
         for setting in ("mono", "cross", "multi"):
-            assert set(got[setting]["pairs"]) == set(expected[setting])
+            assert set(got[setting].pairs) == set(expected[setting])
             for key, metrics in expected[setting].items():
                 for name, value in metrics.items():
-                    assert got[setting]["pairs"][key][name] == pytest.approx(value, abs=1e-12), (setting, key, name)
+                    assert got[setting].pairs[key].metrics[name] == pytest.approx(value, abs=1e-12), (setting, key, name)
 
 
 def _one_hot_benchmark() -> RetrievalBenchmark:
@@ -146,13 +146,13 @@ def test_perfect_embeddings_score_one_everywhere():
     pools = {"a": eye, "b": eye[[1, 2, 0]]}  # candidate j of "b" is the one-hot of the question it answers
     results = Evaluator(ks=(1, 10)).score(bench, queries, pools)
     assert set(results) == {"mono", "cross", "multi"}
-    assert set(results["mono"]["pairs"]) == {"a-a", "b-b"}
-    assert set(results["cross"]["pairs"]) == {"a-b", "b-a"}
-    assert set(results["multi"]["pairs"]) == {"a", "b"}
+    assert set(results["mono"].pairs) == {"a-a", "b-b"}
+    assert set(results["cross"].pairs) == {"a-b", "b-a"}
+    assert set(results["multi"].pairs) == {"a", "b"}
     for setting in ("mono", "cross"):
-        assert results[setting]["macro"]["map"] == 1.0
-        assert results[setting]["macro"]["recall@1"] == 1.0
-    multi = results["multi"]["macro"]
+        assert results[setting].macro["map"] == 1.0
+        assert results[setting].macro["recall@1"] == 1.0
+    multi = results["multi"].macro
     # Both parallel candidates tie at the top: ranks 1 and 2, so AP = 1 and the language gap is 1.
     assert multi["map"] == 1.0 and multi["rank_distance"] == 1.0
     assert multi["recall@1"] == 0.5 and multi["recall@10"] == 1.0
@@ -164,16 +164,16 @@ def test_language_bias_shows_in_rank_distance():
     # Language "b" candidates are pushed away from every query: each query's "b" match drops below all "a".
     far = eye[[1, 2, 0]] * 0.1 + 0.0
     results = Evaluator(ks=(1,)).score(bench, {"a": eye, "b": eye}, {"a": eye, "b": far})
-    multi_a = results["multi"]["pairs"]["a"]
+    multi_a = results["multi"].pairs["a"]
     # "a" candidate at rank 1 (score 1), the "b" one at rank 2 (0.1 beats the zeros): distance 1.
-    assert multi_a["rank_distance"] == 1.0
+    assert multi_a.metrics["rank_distance"] == 1.0
     # Cross a->b still ranks correctly (0.1 vs 0): scale does not matter within one pool.
-    assert results["cross"]["pairs"]["a-b"]["map"] == 1.0
+    assert results["cross"].pairs["a-b"].metrics["map"] == 1.0
     # A reversed pool ranks every relevant last among three: AP = 1/3.
     reverse = {"a": 1 - eye, "b": 1 - eye[[1, 2, 0]]}
     worst = Evaluator(ks=(1,)).score(bench, {"a": eye, "b": eye}, reverse)
-    assert worst["mono"]["macro"]["map"] == pytest.approx(1 / 3)
-    assert worst["mono"]["macro"]["recall@1"] == 0.0
+    assert worst["mono"].macro["map"] == pytest.approx(1 / 3)
+    assert worst["mono"].macro["recall@1"] == 0.0
 
 
 def test_perfect_ranking_with_eleven_languages_pins_the_multi_ranges():

@@ -143,7 +143,7 @@ def test_trec_benchmark_end_to_end_agrees_with_pytrec_eval(tmp_path):
     encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
     evaluator = Evaluator(searcher=FaissSearcher("flat"), precision="fp32")  # the reference below encodes in fp32
     result = evaluator.evaluate(encoder, full)["mono"]
-    assert result["corpus"] == "full" and set(result["pairs"]) == {"sw-sw"}
+    assert result.corpus == "full" and set(result.pairs) == {"sw-sw"}
     # The reference: pytrec_eval on a run made from the same encoder's exact scores.
     data = full.languages["sw"]
     judged = [(qid, t) for qid, t in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
@@ -153,8 +153,8 @@ def test_trec_benchmark_end_to_end_agrees_with_pytrec_eval(tmp_path):
     run = {qid: {data.doc_ids[j]: float(sims[i, j]) for j in range(len(data.doc_ids))} for i, (qid, _) in enumerate(judged)}
     qrels = {qid: data.qrels[qid] for qid, _ in judged}
     ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
-    assert result["macro"]["ndcg@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in ref.values()]), abs=1e-5)
-    assert result["macro"]["recall@100"] == pytest.approx(np.mean([r["recall_100"] for r in ref.values()]), abs=1e-6)
+    assert result.macro["ndcg@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in ref.values()]), abs=1e-5)
+    assert result.macro["recall@100"] == pytest.approx(np.mean([r["recall_100"] for r in ref.values()]), abs=1e-6)
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
@@ -171,7 +171,7 @@ def test_approximate_indexes_find_the_exact_neighbours_on_easy_data(index):
 
 def test_pooled_miracl_without_runs_is_one_line_and_the_table_names_the_corpus(tmp_path):
     from hbt.errors import ConfigError
-    from hbt.eval.retrieval import results_table
+    from hbt.results import results_table
 
     paths = write_miracl(tmp_path)
     with pytest.raises(ConfigError, match=r"eval.miracl.runs: pooled=true needs run files"):
@@ -247,19 +247,21 @@ def test_query_subsets_are_their_own_rows_from_the_same_embeddings(tmp_path):
     (tmp_path / "ids.txt").write_text("q0\nq3\n")
     results = evaluator.run(encoder, {"miracl": bench}, {"miracl": {"topic3": "re:topic 3$", "listed": str(tmp_path / "ids.txt")}})
     assert set(results) == {"miracl", "miracl[topic3]", "miracl[listed]"}
-    full = results["miracl"]["mono"]["pairs"]["sw-sw"]
-    sub = results["miracl[topic3]"]["mono"]["pairs"]["sw-sw"]
+    full = results["miracl"]["mono"].pairs["sw-sw"]
+    sub = results["miracl[topic3]"]["mono"].pairs["sw-sw"]
     judged = [qid for qid, t in bench.languages["sw"].queries if any(g > 0 for g in bench.languages["sw"].qrels[qid].values())]
     topic3 = [qid for qid, t in bench.languages["sw"].queries if t.endswith("topic 3") and qid in judged]
-    assert sub["num_queries"] == len(topic3) < full["num_queries"]
+    assert sub.num_queries == len(topic3) < full.num_queries
     # the same numbers as scoring each query alone
-    alone = [evaluator.run(encoder, {"m": bench}, {"m": {"one": [qid]}})["m[one]"]["mono"]["pairs"]["sw-sw"]["ndcg@10"] for qid in topic3]
-    assert sub["ndcg@10"] == pytest.approx(np.mean(alone), abs=1e-9)
+    alone = [
+        evaluator.run(encoder, {"m": bench}, {"m": {"one": [qid]}})["m[one]"]["mono"].pairs["sw-sw"].metrics["ndcg@10"] for qid in topic3
+    ]
+    assert sub.metrics["ndcg@10"] == pytest.approx(np.mean(alone), abs=1e-9)
     toy = toy_benchmark("test", ["en", "de", "ru"])
     ids = [qid for qid, _ in toy.queries["en"][:10]]
     out = evaluator.run(encoder, {"toy": toy}, {"toy": {"ten": ids}})
-    assert out["toy[ten]"]["mono"]["pairs"]["en-en"]["num_queries"] == 10
-    assert out["toy[ten]"]["multi"]["pairs"]["de"]["num_queries"] == 10
+    assert out["toy[ten]"]["mono"].pairs["en-en"].num_queries == 10
+    assert out["toy[ten]"]["multi"].pairs["de"].num_queries == 10
     with pytest.raises(ConfigError, match=r"eval.toy.query_ids.none: matches no query"):
         evaluator.run(encoder, {"toy": toy}, {"toy": {"none": "re:^zzz$"}})
     with pytest.raises(ConfigError, match=r"eval.toy.query_ids.bad: 1 ids are not queries of toy"):

@@ -68,18 +68,18 @@ def test_cross_over_shared_questions_multi_over_present_languages(tmp_path):
     convert(str(tmp_path / "mlqa"), str(tmp_path / "mlqa-r"), languages=LANGS)
     bench = load_lareqa("mlqa_r", tmp_path / "mlqa-r", LANGS)
     results = Evaluator(ks=(1, 10)).evaluate(Encoder(tiny=TINY), bench)
-    cross = results["cross"]["pairs"]
+    cross = results["cross"].pairs
     shared = {(x, y): sum(1 for langs in PARALLEL.values() if x in langs and y in langs) for x in LANGS for y in LANGS}
     for (x, y), n in shared.items():
         if x != y and n:
-            assert cross[f"{x}-{y}"]["num_queries"] == n, (x, y)
+            assert cross[f"{x}-{y}"].num_queries == n, (x, y)
     # de and hi share no question: that pair is left out, and the result says so
-    assert "de-hi" not in cross and results["cross"]["skipped"]["de-hi"].startswith("no query has a relevant candidate")
-    assert results["multi"]["pairs"]["en"]["num_queries"] == 6
-    assert results["multi"]["pairs"]["hi"]["num_queries"] == 1
+    assert "de-hi" not in cross and results["cross"].skipped["de-hi"].startswith("no query has a relevant candidate")
+    assert results["multi"].pairs["en"].num_queries == 6
+    assert results["multi"].pairs["hi"].num_queries == 1
     # multi: each query's relevant set is the languages where its question exists; q6 (English only) has
     # one relevant candidate, so mono and multi agree for it.
-    assert all(results[s]["macro"] for s in results)
+    assert all(results[s].macro for s in results)
 
 
 def test_parallel_only_on_mlqa_is_an_error_not_an_empty_benchmark(tmp_path):

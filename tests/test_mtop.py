@@ -97,19 +97,19 @@ def test_mtop_metrics_equal_a_plain_sort_of_every_candidate(tmp_path, relevance)
     results = Evaluator(ks=(1, 5), settings=("mono", "cross", "multi")).score(bench, queries, queries)
     expected = brute_force(bench, queries, queries, relevance)
     if relevance == "translation":
-        assert "query itself" in results["mono"]["not_applicable"] and not expected["mono"]
+        assert "query itself" in results["mono"].not_applicable and not expected["mono"]
     for setting in ("mono", "cross", "multi"):
-        got = results[setting]["pairs"]
+        got = results[setting].pairs
         assert set(got) == set(expected[setting])
         for key, values in expected[setting].items():
             for metric, value in values.items():
                 if metric == "rank_distance" and setting != "multi":
                     continue
-                assert got[key][metric] == pytest.approx(value), (setting, key, metric)
+                assert got[key].metrics[metric] == pytest.approx(value), (setting, key, metric)
     # Parallel by id: "de" lacks 3232343246, so en-de scores 5 of the 6 English queries and says so.
     if relevance == "translation":
-        assert results["cross"]["pairs"]["en-de"]["num_queries"] == 5
-        assert results["cross"]["pairs"]["de-fr"]["num_queries"] == 4  # the de ids with a French translation
+        assert results["cross"].pairs["en-de"].num_queries == 5
+        assert results["cross"].pairs["de-fr"].num_queries == 4  # the de ids with a French translation
 
 
 def test_translations_found_first_score_perfectly(tmp_path):
@@ -120,9 +120,9 @@ def test_translations_found_first_score_perfectly(tmp_path):
     index = {uid: n for n, (uid, _, _) in enumerate(ROWS)}
     by_id = {lang: vectors[[index[uid] for uid, _ in bench.queries[lang]]] for lang in bench.languages}
     results = Evaluator(ks=(1, 5)).score(bench, by_id, by_id)
-    assert results["cross"]["macro"]["map"] == 1.0 and results["multi"]["macro"]["map"] == 1.0
+    assert results["cross"].macro["map"] == 1.0 and results["multi"].macro["map"] == 1.0
     by_line = {lang: vectors[: len(bench.queries[lang])] for lang in bench.languages}
-    assert Evaluator(ks=(1, 5)).score(bench, by_line, by_line)["cross"]["macro"]["map"] < 0.9
+    assert Evaluator(ks=(1, 5)).score(bench, by_line, by_line)["cross"].macro["map"] < 0.9
 
 
 @pytest.mark.parametrize(

@@ -14,30 +14,25 @@ from hbt.eval.retrieval import Evaluator
 from hbt.eval.toy import toy_benchmark
 from hbt.eval.trec import load_trec
 from hbt.models.encoder import Encoder
+from hbt.results import Results, from_json
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 KEYS = ("dataset", "setting", "pair", "query_id", "ranks")
 
 
-def check_rows_average_to_results(results: dict, table) -> None:
+def check_rows_average_to_results(results: Results, table) -> None:
     rows = table.to_pylist()
     seen = set()
     for dataset, by_setting in results.items():
         if "[" in dataset:  # query subsets are rows of the full set
             continue
         for setting, block in by_setting.items():
-            for pair, metrics in block["pairs"].items():
+            for pair, metrics in block.pairs.items():
                 mine = [r for r in rows if (r["dataset"], r["setting"], r["pair"]) == (dataset, setting, pair)]
-                assert len(mine) == metrics["num_queries"], (dataset, setting, pair)
+                assert len(mine) == metrics.num_queries, (dataset, setting, pair)
                 seen.add((dataset, setting, pair))
-                for name, value in metrics.items():
-                    if name != "num_queries":
-                        assert math.fsum(r[name] for r in mine) / len(mine) == pytest.approx(value, abs=1e-12), (
-                            dataset,
-                            setting,
-                            pair,
-                            name,
-                        )
+                for name, value in metrics.metrics.items():
+                    assert math.fsum(r[name] for r in mine) / len(mine) == pytest.approx(value, abs=1e-12), (dataset, setting, pair, name)
     assert seen == {(r["dataset"], r["setting"], r["pair"]) for r in rows}  # no row outside results.json
 
 
@@ -84,4 +79,4 @@ def test_a_run_writes_per_query_parquet_beside_an_unchanged_results_json(tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["toy"]["mono"]) == {"macro", "pairs"}  # results.json keeps its shape
     table = pq.read_table(tmp_path / "per_query.parquet")
-    check_rows_average_to_results(results, table)
+    check_rows_average_to_results(from_json(results), table)

@@ -110,8 +110,8 @@ def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_pat
     full = Evaluator(precision="fp32").evaluate(encoder, bench)
     half = Evaluator(precision="fp32", embedding_dtype="float16", cache_dir=str(tmp_path)).evaluate(encoder, bench, "fp")
     for setting in full:
-        for metric, value in full[setting]["macro"].items():
-            assert half[setting]["macro"][metric] == pytest.approx(value, abs=0.02, rel=0.01), (setting, metric)
+        for metric, value in full[setting].macro.items():
+            assert half[setting].macro[metric] == pytest.approx(value, abs=0.02, rel=0.01), (setting, metric)
     cached = [torch.load(path) for path in tmp_path.glob("*.pt")]
     assert cached and all(t.dtype == torch.float16 for t in cached)
 
@@ -143,9 +143,9 @@ def test_length_groups_give_the_same_embeddings_and_gradients_from_narrower_batc
 
 
 def test_grad_cache_chunks_are_cut_to_their_own_longest_row():
-    from hbt.module import _split_inputs
+    from hbt.grad_cache import split_inputs
 
     ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 0], [1, 2, 0, 0], [1, 0, 0, 0]])
-    chunks = _split_inputs({"input_ids": ids, "attention_mask": (ids > 0).long()}, 2)
+    chunks = split_inputs({"input_ids": ids, "attention_mask": (ids > 0).long()}, 2)
     assert [c["input_ids"].shape[1] for c in chunks] == [4, 2]
     assert torch.equal(chunks[1]["input_ids"], torch.tensor([[1, 2], [1, 0]]))

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 import yaml
 
 from hbt.errors import DataError, HbtError
+from hbt.results import DatasetResult, read_results
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -35,17 +35,14 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def load_run(run: Path) -> dict:
-    try:
-        results = json.loads((run / "results.json").read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{run / 'results.json'}:{err.lineno}", f"invalid JSON: {err.msg}") from None
+    results = read_results(run / "results.json")
     overrides_file = run / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row = {"run": str(run), "overrides": " ".join(o for o in overrides if not o.startswith("hydra."))}
     row.update(run_settings(run))
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():
-            for metric, value in block["macro"].items():
+            for metric, value in block.macro.items():
                 row[f"{dataset}/{setting}/{metric}"] = value
     return row
 
@@ -251,14 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def pair_matrix(by_setting: dict, metric: str = "map"):
+def pair_matrix(by_setting: DatasetResult, metric: str = "map"):
     """Query language x candidate language matrix of ``metric``: mono pairs on the diagonal, cross off it
     (Tatoeba's two directions, ``xx_en`` and ``en_xx``, are its cross pairs)."""
     import numpy as np
 
     pairs = {}
     for setting in ("mono", "cross", "xx_en", "en_xx"):
-        pairs.update(by_setting.get(setting, {}).get("pairs", {}))
+        if setting in by_setting:
+            pairs.update({key: pair.metrics for key, pair in by_setting[setting].pairs.items()})
     split = {key: key.split("-", 1) for key in pairs if "-" in key}
     langs = sorted({lang for q, c in split.values() for lang in (q, c)})
     index = {lang: i for i, lang in enumerate(langs)}

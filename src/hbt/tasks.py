@@ -1,12 +1,11 @@
 """Task functions behind the entry points: ``train(cfg)`` and ``evaluate(cfg)``.
 
 Both return ``(metrics, objects)`` and write ``results.json`` (and the resolved ``config.yaml``) into
-the run directory, shaped ``{dataset: {setting: {"macro": {...}, "pairs": {...}}}}``.
+the run directory (its shape: :mod:`hbt.results`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -24,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
 from hbt.errors import ConfigError, HbtError, OutputError
-from hbt.eval.retrieval import Evaluator, flatten_macro, results_table
+from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.grad_cache import GradCache
 from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
+from hbt.results import Results, dumps, flatten_macro, results_table
 from hbt.sampling import check_settings
 from hbt.sweeps import clear_failure, record_failure
 from hbt.tracking import finish_wandb, log_final_results
@@ -227,7 +227,7 @@ def export_encoder(encoder: Encoder, directory: Path) -> None:
     tmp.rename(directory)
 
 
-def write_results(out: Path, results: dict, cfg: DictConfig, per_query=None) -> None:
+def write_results(out: Path, results: Results, cfg: DictConfig, per_query=None) -> None:
     """config.yaml, results.json and, beside it, the per-query values (``per_query.parquet``: one row per
     query and language pair, the values results.json averages), each written atomically."""
     _atomic_write(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -237,7 +237,7 @@ def write_results(out: Path, results: dict, cfg: DictConfig, per_query=None) -> 
         tmp = out / f".{PER_QUERY_FILE}.tmp"
         pq.write_table(per_query, tmp, compression="zstd")
         os.replace(tmp, out / PER_QUERY_FILE)
-    _atomic_write(out / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=False))
+    _atomic_write(out / RESULTS_FILE, dumps(results))
     log.info("results written to %s", out / RESULTS_FILE)
 
 

@@ -11,6 +11,8 @@ import netrc
 import os
 from pathlib import Path
 
+from hbt.results import Results
+
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -109,7 +111,7 @@ def wandb_runs(loggers) -> list:
     return [logger.experiment for logger in loggers if isinstance(logger, WandbLogger)]
 
 
-def log_pair_tables(run, results: dict, prefix: str) -> None:
+def log_pair_tables(run, results: Results, prefix: str) -> None:
     """Per-language-pair metrics as ``wandb.Table``s and the query x candidate mAP heatmap as an image."""
     import matplotlib.pyplot as plt
     import wandb
@@ -118,8 +120,9 @@ def log_pair_tables(run, results: dict, prefix: str) -> None:
 
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():
-            metrics = sorted({m for values in block["pairs"].values() for m in values})
-            rows = [[pair, *(values.get(m) for m in metrics)] for pair, values in block["pairs"].items()]
+            pairs = {key: pair.to_json() for key, pair in block.pairs.items()}
+            metrics = sorted({m for values in pairs.values() for m in values})
+            rows = [[pair, *(values.get(m) for m in metrics)] for pair, values in pairs.items()]
             run.log({f"{prefix}/{dataset}/{setting}/pairs": wandb.Table(columns=["pair", *metrics], data=rows)})
         langs, matrix = pair_matrix(by_setting, "map")
         if langs:
@@ -128,7 +131,7 @@ def log_pair_tables(run, results: dict, prefix: str) -> None:
             plt.close(fig)
 
 
-def log_final_results(loggers, results: dict, results_path: Path, model_dir: Path | None) -> None:
+def log_final_results(loggers, results: Results, results_path: Path, model_dir: Path | None) -> None:
     """Tables, heatmaps, and ``results.json`` with ``per_query.parquet`` (+ the exported model) as
     artifacts of every W&B run."""
     runs = wandb_runs(loggers)
@@ -140,8 +143,8 @@ def log_final_results(loggers, results: dict, results_path: Path, model_dir: Pat
         log_pair_tables(run, results, "test")
         for dataset, by_setting in results.items():  # TREC benchmarks: the corpus that was scored
             for setting, block in by_setting.items():
-                if "corpus" in block:
-                    run.summary[f"test/{dataset}/{setting}/corpus"] = block["corpus"]
+                if block.corpus is not None:
+                    run.summary[f"test/{dataset}/{setting}/corpus"] = block.corpus
         artifact = wandb.Artifact(f"results-{run.id}", type="results")
         artifact.add_file(str(results_path))
         per_query = results_path.with_name("per_query.parquet")

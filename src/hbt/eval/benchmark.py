@@ -9,8 +9,17 @@ MLQA-R), N-way parallel sentences (Tatoeba) and the built-in corpus alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hbt.data.schema import ParallelItem
+
+if TYPE_CHECKING:
+    from hbt.eval.retrieval import Evaluator
+    from hbt.models.encoder import Encoder
+    from hbt.results import DatasetResult
+
+# Each benchmark type evaluates itself through the evaluator method for its shape (``evaluate_with``), so
+# the evaluator holds no switch over benchmark classes; ``subset_ids`` maps subset names to query ids.
 
 
 @dataclass
@@ -35,6 +44,22 @@ class RetrievalBenchmark:
     def summary(self) -> str:
         parts = [f"{lang}: {len(self.queries[lang])} q / {len(self.candidates[lang])} c" for lang in self.languages]
         return f"{self.name} ({', '.join(parts)})"
+
+    def text_languages(self) -> set[str]:
+        """Every language whose texts the evaluation encodes."""
+        return set(self.queries) | set(self.candidates)
+
+    @property
+    def takes_query_subsets(self) -> bool:
+        return not self.queries_are_candidates  # question-passage data; parallel sentences have no query subsets
+
+    def all_queries(self) -> list[tuple[str, str]]:
+        return [q for qs in self.queries.values() for q in qs]
+
+    def evaluate_with(
+        self, evaluator: Evaluator, encoder: Encoder, fingerprint: str, subset_ids: dict[str, set[str]]
+    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
+        return evaluator.evaluate_pools(encoder, self, fingerprint, subset_ids)
 
 
 def benchmark_from_items(name: str, items: list[ParallelItem], languages: list[str]) -> RetrievalBenchmark:
@@ -65,3 +90,16 @@ class BenchmarkGroup:
 
     def summary(self) -> str:
         return f"{self.name} ({len(self.parts)} parts: {', '.join(self.parts)})"
+
+    def text_languages(self) -> set[str]:
+        return set().union(*(part.text_languages() for part in self.parts.values()))
+
+    takes_query_subsets = False  # parallel sentences
+
+    def all_queries(self) -> list[tuple[str, str]]:
+        return [q for part in self.parts.values() for q in part.all_queries()]
+
+    def evaluate_with(
+        self, evaluator: Evaluator, encoder: Encoder, fingerprint: str, subset_ids: dict[str, set[str]]
+    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
+        return evaluator.evaluate_group(encoder, self, fingerprint), {}

@@ -8,9 +8,10 @@ import lightning as L
 from hydra.utils import instantiate
 
 from hbt.eval.benchmark import RetrievalBenchmark
-from hbt.eval.retrieval import Evaluator, flatten_macro
+from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.hardware import full_parameters
+from hbt.results import Results, flatten_macro
 from hbt.tracking import log_pair_tables, wandb_runs
 
 
@@ -38,7 +39,7 @@ class RetrievalEvalCallback(L.Callback):
         self.at_epoch_end = at_epoch_end
         self.prefix = prefix
         self._benchmarks: dict[str, RetrievalBenchmark] | None = None
-        self.last_results: dict | None = None
+        self.last_results: Results | None = None
 
     def benchmarks(self, trainer: L.Trainer) -> dict[str, RetrievalBenchmark]:
         if self._benchmarks is None:

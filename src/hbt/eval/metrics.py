@@ -105,13 +105,6 @@ def ranking_metrics(
     return {name: float(v.mean()) for name, v in values.items()}
 
 
-def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Average each metric over rows (queries, or language pairs for the macro view)."""
-    if not rows:
-        return {}
-    return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
-
-
 def ndcg_at(ranked_gains: list[float], judged_gains: list[float], k: int) -> float:
     """nDCG@k with linear gains (the graded relevance itself) and log2 discounts, as trec_eval computes it.
 

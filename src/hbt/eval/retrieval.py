@@ -18,22 +18,17 @@ import torch
 from hbt.distributed import rank_and_world
 from hbt.errors import DataError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
-from hbt.eval.metrics import mean_metrics, per_query_metrics, pool_ranks, trec_query_metrics
+from hbt.eval.metrics import per_query_metrics, pool_ranks, trec_query_metrics
 from hbt.eval.search import FaissSearcher
 from hbt.eval.trec import TrecBenchmark
 from hbt.models.encoder import Encoder
 from hbt.progress import check_progress
 from hbt.progress import progress as show_progress
+from hbt.results import DatasetResult, PairResult, Results, SettingResult, mean_of, metric_order
 
 SETTINGS = ("mono", "cross", "multi")
 NOT_APPLICABLE = {"mono": "parallel sentences: in the pool of the query's language its only translation is the query itself"}
 log = logging.getLogger(__name__)
-
-
-def _trec_block(pairs: dict, skipped: dict, corpus: str) -> dict:
-    macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in pairs.values()])
-    block = {"macro": macro, "pairs": pairs, "corpus": corpus}
-    return {"mono": {**block, "skipped": skipped} if skipped else block}
 
 
 class Evaluator:
@@ -94,14 +89,21 @@ class Evaluator:
         # Per-query values of the last run() (see query_rows), or None outside run().
         self.query_rows: list[dict] | None = None
 
-    def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> dict:
+    def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> Results:
         """Results per benchmark name; ``subsets`` (``{name: {subset: spec}}``, see
         :mod:`hbt.eval.subsets`) adds ``<name>[<subset>]`` entries computed from the same embeddings."""
-        from hbt.eval.subsets import check_spec
+        from hbt.errors import ConfigError
+        from hbt.eval.subsets import check_spec, subset_ids
 
         for bench in benchmarks.values():
-            encoder.text_tokenizer.check_languages(benchmark_languages(bench))
+            encoder.text_tokenizer.check_languages(bench.text_languages())
         subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
+        for name in subsets:
+            if not benchmarks[name].takes_query_subsets:
+                raise ConfigError(
+                    f"eval.{name}.query_ids",
+                    "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences",
+                )
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         options = self.encode_options(encoder)
         log.info(
@@ -112,16 +114,14 @@ class Evaluator:
             options["max_tokens"] or "any number of",
             self.embedding_dtype,
         )
-        results = {}
+        results: Results = {}
         self.query_rows = []
         for name, bench in benchmarks.items():
             start = len(self.query_rows)
-            if name not in subsets:
-                results[name] = self.evaluate(encoder, bench, fingerprint)
-            else:
-                full, parts = self.evaluate_with_subsets(encoder, name, bench, subsets[name], fingerprint)
-                results[name] = full
-                results.update({f"{name}[{subset}]": block for subset, block in parts.items()})
+            everything = bench.all_queries() if name in subsets else []
+            ids = {subset: subset_ids(name, subset, value, everything) for subset, value in subsets.get(name, {}).items()}
+            results[name], parts = bench.evaluate_with(self, encoder, fingerprint, ids)
+            results.update({f"{name}[{subset}]": part for subset, part in parts.items()})
             for row in self.query_rows[start:]:  # named as in results.json (the config key)
                 row["dataset"] = name
         return results
@@ -136,31 +136,21 @@ class Evaluator:
 
         rows = self.query_rows or []
         keys = ["dataset", "setting", "pair", "query_id"]
-        metrics = sorted({k for row in rows for k in row if k not in keys and k != "ranks"}, key=_metric_order)
+        metrics = sorted({k for row in rows for k in row if k not in keys and k != "ranks"}, key=metric_order)
         columns = {k: pa.array([row[k] for row in rows], pa.string()) for k in keys}
         columns.update({m: pa.array([row.get(m) for row in rows], pa.float64()) for m in metrics})
         columns["ranks"] = pa.array([row.get("ranks") for row in rows], pa.list_(pa.int64()))
         return pa.table(columns)
 
-    def evaluate_with_subsets(self, encoder: Encoder, name: str, bench, spec: dict, fingerprint: str = "") -> tuple[dict, dict]:
-        from hbt.eval.subsets import subset_ids
-
-        if isinstance(bench, TrecBenchmark):
-            everything = [q for data in bench.languages.values() for q in data.queries]
-            ids = {subset: subset_ids(name, subset, value, everything) for subset, value in spec.items()}
-            return self.evaluate_trec(encoder, bench, fingerprint, ids)
-        if not isinstance(bench, RetrievalBenchmark) or bench.queries_are_candidates:
-            from hbt.errors import ConfigError
-
-            raise ConfigError(
-                f"eval.{name}.query_ids", "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences"
-            )
-        everything = [q for qs in bench.queries.values() for q in qs]
+    def evaluate_pools(
+        self, encoder: Encoder, bench: RetrievalBenchmark, fingerprint: str = "", subset_ids: dict[str, set[str]] | None = None
+    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
+        """A benchmark of per-language pools (LAReQA-style, parallel text), ranked exactly; each query
+        subset (``{subset: query ids}``) scored from the same embeddings against every pool."""
         queries, pools = self.embed(encoder, bench, fingerprint)
         full = self.score(bench, queries, pools)
         parts = {}
-        for subset, value in spec.items():
-            ids = subset_ids(name, subset, value, everything)
+        for subset, ids in (subset_ids or {}).items():
             keep = {lang: [i for i, (qid, _) in enumerate(qs) if qid in ids] for lang, qs in bench.queries.items()}
             sub = RetrievalBenchmark(
                 f"{bench.name}[{subset}]",
@@ -250,54 +240,50 @@ class Evaluator:
         pools = {lang: queries[lang] if lang in reused else done[(bench.candidate_kind, lang)] for lang in bench.candidates}
         return queries, pools
 
-    def evaluate(self, encoder: Encoder, bench, fingerprint: str = "") -> dict:
-        if isinstance(bench, TrecBenchmark):
-            return self.evaluate_trec(encoder, bench, fingerprint)
-        if isinstance(bench, BenchmarkGroup):
-            return self.evaluate_group(encoder, bench, fingerprint)
-        return self.score(bench, *self.embed(encoder, bench, fingerprint))
+    def evaluate(self, encoder: Encoder, bench, fingerprint: str = "") -> DatasetResult:
+        """One benchmark of any kind (it picks the method for its shape: ``evaluate_with``)."""
+        return bench.evaluate_with(self, encoder, fingerprint, {})[0]
 
-    def evaluate_group(self, encoder: Encoder, group: BenchmarkGroup, fingerprint: str = "") -> dict:
+    def evaluate_group(self, encoder: Encoder, group: BenchmarkGroup, fingerprint: str = "") -> DatasetResult:
         """Each part on its own; pair tables merged into one dataset and macro-averaged over all pairs.
         With a pivot (Tatoeba's English), the cross pairs become two settings, one per direction."""
         merged: dict[str, dict] = {}
         if group.pivot:
-            merged = {"xx_en": {"pairs": {}}, "en_xx": {"pairs": {}}}
+            merged = {"xx_en": {"pairs": {}, "skipped": {}}, "en_xx": {"pairs": {}, "skipped": {}}}
+
+        def target(setting: str, key: str) -> str:
+            if setting == "cross" and group.pivot:
+                return "en_xx" if key.startswith(f"{group.pivot}-") else "xx_en"
+            return setting
+
         for part_name, part in group.parts.items():
             start = len(self.query_rows) if self.query_rows is not None else 0
             part_results = self.evaluate(encoder, part, fingerprint)
             for row in (self.query_rows or [])[start:]:  # the pair keys the merged results use
-                if row["setting"] == "cross" and group.pivot:
-                    row["setting"] = "en_xx" if row["pair"].startswith(f"{group.pivot}-") else "xx_en"
+                row["setting"] = target(row["setting"], row["pair"])
                 if row["setting"] == "multi" and row["pair"] in group.labels.get(part_name, {}):
                     row["pair"] = f"{row['pair']}({part_name})"
             for setting, block in part_results.items():
-                if "not_applicable" in block:
-                    merged.setdefault(setting, {"pairs": {}, "not_applicable": block["not_applicable"]})
+                if block.not_applicable is not None:
+                    merged.setdefault(setting, {"pairs": {}, "skipped": {}, "not_applicable": block.not_applicable})
                     continue
-                for key, metrics in block["pairs"].items():
-                    target = setting
-                    if setting == "cross" and group.pivot:
-                        target = "en_xx" if key.startswith(f"{group.pivot}-") else "xx_en"
+                for key, pair in [*block.pairs.items(), *block.skipped.items()]:
+                    into = merged.setdefault(target(setting, key), {"pairs": {}, "skipped": {}})
                     if setting == "multi" and key in group.labels.get(part_name, {}):
                         key = f"{key}({part_name})"  # the English queries of each Tatoeba pair
-                    merged.setdefault(target, {"pairs": {}})["pairs"][key] = metrics
-        for block in merged.values():
-            block["macro"] = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in block["pairs"].values()])
+                    into["pairs" if isinstance(pair, PairResult) else "skipped"][key] = pair
         return {
-            setting: {
-                "macro": block["macro"],
-                "pairs": block["pairs"],
-                **({"not_applicable": block["not_applicable"]} if "not_applicable" in block else {}),
-            }
+            setting: SettingResult.of_pairs(block["pairs"], skipped=block["skipped"], not_applicable=block.get("not_applicable"))
             for setting, block in merged.items()
             if block["pairs"] or "not_applicable" in block
         }
 
-    def evaluate_trec(self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict | None = None):
+    def evaluate_trec(
+        self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict[str, set[str]] | None = None
+    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
         """Monolingual top-k search per language over the whole corpus, streamed into fp16 shards;
-        queries without a positive judgement are skipped. With ``subsets`` (``{subset: query ids}``)
-        returns ``(full, {subset: results})``, the subsets averaged over their own queries."""
+        queries without a positive judgement are skipped. Returns the results and those of each query
+        subset (``{subset: query ids}``), the subsets averaged over their own queries."""
         pairs, skipped = {}, {}
         per_language: dict[str, list[tuple[str, dict]]] = {}
         depth = max(bench.ks.values())
@@ -320,25 +306,23 @@ class Evaluator:
                     {"dataset": bench.name, "setting": "mono", "pair": f"{lang}-{lang}", "query_id": qid, **m}
                     for qid, m in per_language[lang]
                 )
-            pairs[f"{lang}-{lang}"] = {**mean_metrics(per_query), "num_queries": len(queries)}
+            pairs[f"{lang}-{lang}"] = PairResult(mean_of(per_query), len(queries))
             log.info("%s %s: %d queries searched over %d documents", bench.name, lang, len(queries), docs)
         if not pairs:
             raise DataError(bench.name, f"no language could be evaluated ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
-        full = _trec_block(pairs, skipped, bench.corpus)
-        if subsets is None:
-            return full
+        full = {"mono": SettingResult.of_pairs(pairs, corpus=bench.corpus, skipped=skipped)}
         parts = {}
-        for subset, ids in subsets.items():
+        for subset, ids in (subsets or {}).items():
             sub_pairs, sub_skipped = {}, dict(skipped)
             for lang, rows in per_language.items():
                 chosen = [m for qid, m in rows if qid in ids]
                 if chosen:
-                    sub_pairs[f"{lang}-{lang}"] = {**mean_metrics(chosen), "num_queries": len(chosen)}
+                    sub_pairs[f"{lang}-{lang}"] = PairResult(mean_of(chosen), len(chosen))
                 else:
                     sub_skipped[f"{lang}-{lang}"] = "no query of the subset with a positive judgement"
             if not sub_pairs:
                 raise DataError(f"{bench.name}[{subset}]", "no query of the subset has a positive judgement in any language")
-            parts[subset] = _trec_block(sub_pairs, sub_skipped, bench.corpus)
+            parts[subset] = {"mono": SettingResult.of_pairs(sub_pairs, corpus=bench.corpus, skipped=sub_skipped)}
         return full, parts
 
     def search_corpus(self, encoder: Encoder, corpus, queries, k: int, lang: str, fingerprint: str = ""):
@@ -380,7 +364,7 @@ class Evaluator:
 
     def score(
         self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor], record: bool = True
-    ) -> dict:
+    ) -> DatasetResult:
         """Metrics from precomputed embeddings (unit vectors: inner product = cosine).
 
         Each query language is scored once against the concatenation of the pools it needs (all of
@@ -393,7 +377,7 @@ class Evaluator:
             raise DataError(
                 bench.name, f"none of evaluator.settings {list(self.settings)} applies; this benchmark has {list(bench.settings or ())}"
             )
-        pairs: dict[str, dict[str, dict]] = {s: {} for s in active}
+        pairs: dict[str, dict[str, PairResult | None]] = {s: {} for s in active}
         for x in langs:
             targets = langs if ("cross" in active or "multi" in active) else [x]
             within, whole, valid, lang_of = self._ranks(bench, x, queries[x], [pools[y] for y in targets], targets)
@@ -406,23 +390,22 @@ class Evaluator:
                     )
             if "multi" in pairs:
                 pairs["multi"][x] = self._metrics(whole, valid, True, (bench.name, "multi", x, qids))
-        results = {}
+        results: DatasetResult = {}
         for setting in active:
-            kept = {key: value for key, value in pairs[setting].items() if value}
+            kept = {key: value for key, value in pairs[setting].items() if value is not None}
             # A pair with no query that has a relevant candidate there (MLQA-R: languages that share no
             # question) is left out, and says so; a setting left with no pair at all is an error.
-            skipped = {key: "no query has a relevant candidate in this pool" for key, value in pairs[setting].items() if not value}
+            skipped = {key: "no query has a relevant candidate in this pool" for key, value in pairs[setting].items() if value is None}
             if not kept:
                 raise DataError(bench.name, f"{setting}: no language pair has a query with a relevant candidate")
             for key in skipped:
                 log.warning("%s %s: pair %s left out (no query has a relevant candidate there)", bench.name, setting, key)
-            macro = mean_metrics([{k: v for k, v in m.items() if k != "num_queries"} for m in kept.values()])
-            results[setting] = {"macro": macro, "pairs": kept, **({"skipped": skipped} if skipped else {})}
+            results[setting] = SettingResult.of_pairs(kept, skipped=skipped)
         for setting in self.settings:
             if setting not in active:  # asked for, but the benchmark has no such view: said, not dropped
                 reason = NOT_APPLICABLE.get(setting, "the benchmark has no such view")
                 log.warning("%s: %s setting not applicable (%s)", bench.name, setting, reason)
-                results[setting] = {"macro": {}, "pairs": {}, "not_applicable": reason}
+                results[setting] = SettingResult.inapplicable(reason)
         return results
 
     def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str]):
@@ -463,12 +446,12 @@ class Evaluator:
                 within[rows], whole[rows] = pool_ranks(scores, cols[rows], valid[rows], pool_of)
         return within, whole, valid, lang_of
 
-    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool, where: tuple | None = None) -> dict[str, float]:
-        """Metrics averaged over the queries with a relevant candidate; with ``where`` (dataset, setting,
-        pair, query ids) each of those queries' values is also kept in ``query_rows``."""
+    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool, where: tuple | None = None) -> PairResult | None:
+        """Metrics averaged over the queries with a relevant candidate (None: there is none); with ``where``
+        (dataset, setting, pair, query ids) each of those queries' values is also kept in ``query_rows``."""
         keep, values = per_query_metrics(ranks, valid, self.ks, with_rank_distance, self.at_k)
         if not bool(keep.any()):
-            return {}
+            return None
         if where is not None and where[3] is not None and self.query_rows is not None:
             dataset, setting, pair, qids = where
             kept = keep.nonzero().squeeze(1).tolist()
@@ -485,16 +468,7 @@ class Evaluator:
                         "ranks": sorted(r for r in relevant[n] if r > 0),
                     }
                 )
-        return {**{name: float(v.mean()) for name, v in values.items()}, "num_queries": int(keep.sum())}
-
-
-def benchmark_languages(bench) -> set[str]:
-    """Every language whose texts a benchmark encodes (its parts', for a group)."""
-    if isinstance(bench, BenchmarkGroup):
-        return set().union(*(benchmark_languages(part) for part in bench.parts.values()))
-    if isinstance(bench, TrecBenchmark):
-        return set(bench.languages)
-    return set(bench.queries) | set(bench.candidates)
+        return PairResult({name: float(v.mean()) for name, v in values.items()}, int(keep.sum()))
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:
@@ -504,36 +478,3 @@ def encoder_fingerprint(encoder: Encoder) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def flatten_macro(results: dict, prefix: str) -> dict[str, float]:
-    """``{prefix}/{dataset}/{setting}/{metric}`` for every macro metric, for loggers."""
-    return {
-        f"{prefix}/{dataset}/{setting}/{metric}": value
-        for dataset, by_setting in results.items()
-        for setting, block in by_setting.items()
-        for metric, value in block["macro"].items()
-    }
-
-
-def results_table(results: dict) -> str:
-    """A plain-text table: one row per dataset and setting, one column per macro metric."""
-    metrics = sorted({m for by_setting in results.values() for block in by_setting.values() for m in block["macro"]}, key=_metric_order)
-    header = ["dataset", "setting", *metrics]
-    rows = [header]
-    for dataset, by_setting in results.items():
-        for setting, block in by_setting.items():
-            label = f"{dataset} [{block['corpus']} corpus]" if "corpus" in block else dataset  # which corpus was scored
-            rows.append([label, setting, *(f"{block['macro'][m]:.4f}" if m in block["macro"] else "-" for m in metrics)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _metric_order(name: str) -> tuple:
-    if name == "map":
-        return (0, 0)
-    if name.startswith("recall@"):
-        return (1, int(name.split("@")[1]))
-    return (2, name)

@@ -149,3 +149,13 @@ def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):
         assert float(row["train/marker"]) == int(row["step"])
         for key in ("train/accuracy", "train/pos_sim", "train/neg_sim", "train/emb_std", "train/mono_share"):
             assert row[key] != "", key
+
+
+def test_finishing_without_a_wandb_run_does_not_import_wandb():
+    """Every run ends in finish_wandb; without a W&B logger it must not import wandb (about a second per
+    process, per DDP rank) just to find there is no run."""
+    import subprocess
+    import sys
+
+    code = "import sys; from hbt.tracking import finish_wandb; finish_wandb(); print('wandb' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -6,6 +6,8 @@ the run directory (its shape: :mod:`hbt.results`).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import shutil
@@ -294,6 +296,10 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     on; the sweep then exits non-zero (:mod:`hbt.sweeps`). A single run exits non-zero at once.
     """
     quiet_third_party()
+    # The last thing at exit: the interpreter's final garbage collection would walk every object of
+    # torch, transformers and Lightning (seconds per process, per DDP rank); frozen objects are skipped.
+    atexit.unregister(gc.freeze)  # once, however many multirun jobs this process runs
+    atexit.register(gc.freeze)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun:
         clear_failure()

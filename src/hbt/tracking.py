@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 
 from hbt.results import Results
@@ -95,12 +96,10 @@ def wandb_logger(
 
 
 def finish_wandb(exit_code: int = 0) -> None:
-    """Close the active W&B run, if any, so the next multirun job starts a fresh one."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
+    """Close the active W&B run, if any, so the next multirun job starts a fresh one. Where wandb was never
+    imported there is no run (and importing it only to find that out would cost seconds per run)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
 
 

@@ -111,15 +111,6 @@ def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_cpu_two_processes(tmp_path):
-    proc = run_cli("train.py", "trainer=ddp_cpu", *FAST, "trainer.max_steps=3", "data.batch_size=8", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = (tmp_path / "csv" / "metrics.csv").read_text()
-    assert "train/epoch_mono_pair_share" in metrics  # logged by the ranks at epoch end
-    check_results_shape(json.loads((tmp_path / "results.json").read_text()), "toy", languages=9)
-
-
-@pytest.mark.slow
 def test_evaluate_on_two_processes_equals_one_process(tmp_path, me5_dir):
     """`evaluate.py trainer=ddp_cpu`: each rank encodes its shard of every benchmark (the MIRACL-format
     corpus streamed into fp16 shards of 7 documents, searched shard by shard, top-k merged across ranks);

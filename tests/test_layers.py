@@ -25,7 +25,7 @@ LAYERS = [
     ("data", ["hbt.data"]),
     ("model", ["hbt.models", "hbt.loss"]),
     ("train", ["hbt.hardware", "hbt.grad_cache", "hbt.module"]),
-    ("results", ["hbt.report", "hbt.tracking"]),
+    ("reporting", ["hbt.report", "hbt.tracking"]),
     ("eval", ["hbt.eval"]),
     ("run", ["hbt.tasks", "hbt.mine", "hbt"]),
 ]

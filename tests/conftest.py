@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import hbt  # noqa: F401  (registers ${hbt.cwd:}, which paths.root_dir resolves to)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HBT_DATA_DIR", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("WANDB_MODE", "offline")

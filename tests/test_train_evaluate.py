@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import FAST, run_cli
+from conftest import FAST, ROOT, run_cli
 
 from hbt.tasks import evaluate, train
 
@@ -81,13 +81,15 @@ def test_existing_results_are_never_overwritten(trained, make_cfg):
 # The basic launcher's two-job sweep runs in tests/test_tracking.py (the notebook and the failing-job tests).
 @pytest.mark.parametrize("launcher", ["local_parallel"])
 def test_multirun_two_jobs(tmp_path, launcher):
-    proc = run_cli("train.py", "-m", f"hydra/launcher={launcher}", "sampler.ratio=0,1", *FAST, f"hydra.sweep.dir={tmp_path}")
+    # As a user types it, with no hydra.sweep.dir: the sweep lands under <where it started>/outputs.
+    proc = run_cli(str(ROOT / "train.py"), "-m", f"hydra/launcher={launcher}", "sampler.ratio=0,1", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     for job in ("0", "1"):
-        results = json.loads((tmp_path / job / "results.json").read_text())
+        results = json.loads((sweep / job / "results.json").read_text())
         check_results_shape(results, "toy", languages=9)
-    assert "ratio: 0" in (tmp_path / "0" / "config.yaml").read_text()
-    assert "ratio: 1" in (tmp_path / "1" / "config.yaml").read_text()
+    assert "ratio: 0" in (sweep / "0" / "config.yaml").read_text()
+    assert "ratio: 1" in (sweep / "1" / "config.yaml").read_text()
 
 
 @pytest.mark.slow

@@ -193,3 +193,40 @@ def test_ckpt_path_auto_starts_fresh_or_resumes(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
     assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize(
+    "overrides,multirun,line",
+    [
+        (["loss.chunk_size=4"], False, "config error: loss.chunk_size: renamed to grad_cache.chunk_size (use grad_cache.chunk_size=4)"),
+        (["paths.shared_data_dir=/d"], False, "config error: paths.shared_data_dir: renamed to paths.data_dir (use paths.data_dir=/d)"),
+        (["sampler.ratoi=0.3"], False, "config error: sampler.ratoi: no such key (a new key is added with +sampler.ratoi=...)"),
+        (["model=xlmr-base"], False, "config error: model: no option 'xlmr-base' (available: labse, mbart_large, mbert, me5_base"),
+        (["model=mbert,xlmr_base"], False, "config error: model: several values (mbert,xlmr_base) sweep only with -m"),
+        (["model=mbert,xlmr-base", "sampler.ratio=0,0.5"], True, "config error: model: no option 'xlmr-base'"),
+        (["sampler.ratio=0,0.5", "trainer=ddp,gpus"], True, "config error: trainer: no option 'gpus'"),
+        (["sampler.ratio=["], False, "config error: sampler.ratio=[: cannot parse it"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_naming_the_key(overrides, multirun, line):
+    from hbt.cli import composition_error
+
+    assert composition_error(ROOT / "conf", "train", overrides, multirun).startswith(line)
+
+
+def test_a_good_command_line_passes_the_check():
+    from hbt.cli import composition_error
+
+    conf = ROOT / "conf"
+    assert composition_error(conf, "train", ["model=mbert", "sampler.ratio=0.3", "+data.seed=1"], False) is None
+    assert (
+        composition_error(conf, "train", ["experiment=mbert_ratio_sweep", "model=mbert,xlmr_base", "hydra.sweep.dir=/tmp/s"], True) is None
+    )
+    assert composition_error(conf, "evaluate", ["eval=[xquad_r,tatoeba]", "model=labse"], False) is None
+
+
+def test_a_misspelt_key_stops_train_py_in_one_line_before_anything_starts(tmp_path):
+    proc = run_cli("train.py", "sampler.ratoi=0.3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    assert (proc.stdout + proc.stderr).strip() == "config error: sampler.ratoi: no such key (a new key is added with +sampler.ratoi=...)"
+    assert not (tmp_path / "run").exists()

@@ -274,4 +274,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from hbt.cli import preflight
+
+    preflight(Path(__file__).resolve().parents[2] / "conf", "mine")
     main()

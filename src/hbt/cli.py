@@ -1,0 +1,114 @@
+"""The command line's own mistakes as one line, before Hydra starts.
+
+A misspelt key, a group option that does not exist or an override Hydra cannot parse would otherwise
+print Hydra's several-line report (and, for a renamed key, no hint of the new name). ``preflight`` composes
+the config from the command line's overrides first (for a multirun, with each swept key at its first
+value) and turns a composition error into ``config error: <key>: <problem>`` and exit code 1; a command
+line that composes is left to Hydra untouched. Help, ``--cfg`` and other Hydra flags skip the check.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+MAX_TRIALS = 64  # compositions checked for one multirun (each swept value once)
+# Keys an earlier hbt had, and where their setting lives now.
+RENAMED = {
+    "loss.chunk_size": "grad_cache.chunk_size",
+    "paths.shared_data_dir": "paths.data_dir",
+}
+
+
+def preflight(config_dir: str | Path, config_name: str, argv: list[str] | None = None) -> None:
+    from hydra._internal.utils import get_args_parser
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # Hydra's own parser will say what is wrong with the flags
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_path or args.config_dir:
+        return
+    message = composition_error(Path(config_dir), args.config_name or config_name, args.overrides, args.multirun)
+    if message is not None:
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+def composition_error(config_dir: Path, config_name: str, overrides: list[str], multirun: bool) -> str | None:
+    """``config error: ...`` for overrides the config cannot take, else None."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        return f"config error: {_override_of(str(err), overrides)}: cannot parse it ({_first_line(err)}); see `python {Path(sys.argv[0]).name} --hydra-help`"
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if key in RENAMED and override.get_key_element()[0] not in "+~":
+            return f"config error: {key}: renamed to {RENAMED[key]} (use {RENAMED[key]}={override.input_line.split('=', 1)[1]})"
+        if override.is_sweep_override() and not multirun:
+            return (
+                f"config error: {override.get_key_element()}: several values ({override.input_line.split('=', 1)[1]}) "
+                "sweep only with -m; for a list write key=[a,b]"
+            )
+    # Each swept value once (the other keys at their first value): a sweep's bad option is found before
+    # the jobs before it have run.
+    values = [
+        [f"{o.get_key_element()}={_as_override_value(v)}" for v in o.sweep_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]
+    firsts = [options[0] for options in values if options]
+    trials = [firsts] + [[*firsts[:i], option, *firsts[i + 1 :]] for i, options in enumerate(values) for option in options[1:]]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir.resolve())):
+            for overrides_once in trials[:MAX_TRIALS]:
+                compose(config_name, overrides=overrides_once, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        return f"config error: {_describe(err)}"
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    missing = re.search(r"Could not override '([^']+)'", text)
+    if missing:
+        key = missing.group(1)
+        return f"{key}: no such key (a new key is added with +{key}=...)"
+    option = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if option:
+        group, name = option.groups()
+        available = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
+        shown = ", ".join(a for a in available if not a.startswith("_"))
+        return f"{group}: no option '{name}'" + (f" (available: {shown})" if shown else "")
+    cause = err.__cause__
+    return _first_line(err) + (f" ({_first_line(cause)})" if cause is not None else "")
+
+
+def _override_of(text: str, overrides: list[str]) -> str:
+    quoted = re.search(r"override '([^']+)'", text)
+    if quoted:
+        return quoted.group(1)
+    return overrides[-1] if overrides else "overrides"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _as_override_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)

@@ -1,12 +1,12 @@
 """Every shipped config composes with the overrides a user would add, every _target_ imports, and every
 key beside a _target_ is a parameter of it."""
 
-import inspect
-
 import pytest
 from conftest import ROOT, compose_config
-from hydra.utils import get_object
 from omegaconf import OmegaConf
+
+from hbt.cli import check_targets
+from hbt.errors import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 GROUPS = ["model", "trainer", "eval", "data", "logger"]
@@ -25,36 +25,10 @@ def targets(node) -> list[str]:
     return found
 
 
-# Keys hbt reads itself before instantiating the node (hbt.eval.subsets: a benchmark's query subsets).
-CONSUMED = {"query_ids"}
-
-
-def bound_nodes(node, path="") -> list[tuple[str, dict]]:
-    """Every node with a ``_target_``, with its dotted path."""
-    found = []
-    if isinstance(node, dict):
-        if "_target_" in node:
-            found.append((path, node))
-        for key, value in node.items():
-            found += bound_nodes(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += bound_nodes(value, f"{path}[{i}]")
-    return found
-
-
 def check(cfg) -> None:
-    """Every _target_ imports, and every key beside it is a parameter of what it names (a YAML key that
-    no constructor takes would otherwise fail only when that object is built, or never)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    for path, node in bound_nodes(plain):
-        target = get_object(node["_target_"])
-        parameters = inspect.signature(target).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            continue
-        keys = {k for k in node if not (k.startswith("_") and k.endswith("_")) and k not in CONSUMED}
-        assert keys <= set(parameters), f"{path}: {sorted(keys - set(parameters))} not parameters of {node['_target_']}"
+    """Every _target_ imports, and every key beside it is a parameter of what it names (hbt.cli.check_targets,
+    which train.py and evaluate.py run before building anything)."""
+    check_targets(cfg)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -106,7 +80,10 @@ def test_paper_recipe_states_the_papers_values_and_labse_inherits_it(tmp_path):
 
 def test_a_key_no_constructor_takes_is_caught(tmp_path):
     """The negative control of check(): a misspelt key must fail it."""
-    with pytest.raises(AssertionError, match=r"loss: \['temprature'\] not parameters of hbt.loss.InfoNCELoss"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error: loss.temprature: not a parameter of hbt.loss.InfoNCELoss \(it takes: temperature, symmetric, mask_duplicates\)",
+    ):
         check(compose_config("train", ["+loss.temprature=0.1"], tmp_path))
 
 

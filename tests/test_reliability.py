@@ -122,6 +122,7 @@ def test_cli_exits_nonzero_with_one_line_and_loses_nothing(tmp_path):
     "args,line",
     [
         (["loss.temperature=0"], "config error: loss.temperature: must be > 0, got 0"),
+        (["+sampler.nosuch=1"], "config error: sampler.nosuch: not a parameter of hbt.sampling.HybridBatchSampler (it takes: "),
         (
             ["model=xlmr_base", "model.name_or_path=/nonexistent/model-dir"],
             "config error: model.name_or_path: cannot load '/nonexistent/model-dir'",

@@ -112,3 +112,49 @@ def _as_override_value(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return "null" if value is None else str(value)
+
+
+# Keys hbt reads itself before instantiating the node (hbt.eval.subsets: a benchmark's query subsets).
+CONSUMED = {"query_ids"}
+
+
+def bound_nodes(node, path: str = "") -> list[tuple[str, dict]]:
+    """Every node with a ``_target_`` in a plain config, with its dotted path."""
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((path, node))
+        for key, value in node.items():
+            found += bound_nodes(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += bound_nodes(value, f"{path}[{i}]")
+    return found
+
+
+def check_targets(cfg) -> None:
+    """Every key beside a ``_target_`` is a parameter of what it names: a key no constructor takes (a
+    misspelling added with ``+``, a setting of another class) is one line naming it, before anything is
+    built, instead of a TypeError from deep inside instantiation, or nothing at all."""
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from hbt.errors import ConfigError
+
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    for path, node in bound_nodes(plain):
+        try:
+            target = get_object(node["_target_"])
+        except Exception as err:  # noqa: BLE001 - any import failure is the same mistake for the user
+            raise ConfigError(f"{path}._target_" if path else "_target_", f"cannot import {node['_target_']} ({err})") from None
+        parameters = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        unknown = sorted(k for k in node if not (k.startswith("_") and k.endswith("_")) and k not in CONSUMED and k not in parameters)
+        if unknown:
+            takes = ", ".join(name for name in parameters if name != "self")
+            where = f"{path}.{unknown[0]}" if path else unknown[0]
+            raise ConfigError(where, f"not a parameter of {node['_target_']} (it takes: {takes})")

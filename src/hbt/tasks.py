@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
+from hbt.cli import check_targets
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
@@ -46,6 +47,7 @@ def check_values(cfg: DictConfig) -> tuple[InfoNCELoss, GradCache | None]:
     """Config values that need no model or data, checked before anything heavy starts (the encoder, the
     loggers and their banners, the trainer), so a bad one is the first and only line of output. Returns
     the loss and GradCache (None when off), built (and so checked) here."""
+    check_targets(cfg)
     sampler = cfg.sampler
     check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
     loss = instantiate(cfg.loss)  # temperature
@@ -151,6 +153,7 @@ def launch_devices(trainer_cfg: DictConfig | None):
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
+    check_targets(cfg)
     out = _prepare_output(cfg)
     fabric = launch_devices(cfg.get("trainer"))
     L.seed_everything(cfg.seed, workers=True)

@@ -164,10 +164,7 @@ def test_mining_shows_progress_per_query_block_in_logs(toy, tmp_path, monkeypatc
 
     import hbt.progress
 
-    init = hbt.progress.Ticker.__init__
-    monkeypatch.setattr(
-        hbt.progress.Ticker, "__init__", lambda self, desc, total, unit="texts", interval=30.0: init(self, desc, total, unit, 0.0)
-    )
+    monkeypatch.setattr(hbt.progress, "INTERVAL", 0.0)
     store, encoder = toy
     miner = Miner(progress="auto", depth=10, num_negatives=3, margin=None, precision="fp32", query_block=64)
     with caplog.at_level(logging.INFO, logger="hbt.progress"):

@@ -64,7 +64,7 @@ def test_tokenization_logs_status_lines_instead_of_a_bar_where_output_is_no_term
     write_items(tmp_path / "items.jsonl", 2500)
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))  # built here, not reused
     store = load_jsonl(str(tmp_path / "items.jsonl"))
-    monkeypatch.setattr(hbt.progress.Ticker, "__init__", _every_batch(hbt.progress.Ticker.__init__))
+    monkeypatch.setattr(hbt.progress, "INTERVAL", 0.0)  # a line per batch
     with caplog.at_level(logging.INFO, logger="hbt.progress"):
         tokens = store.tokenized(
             Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}).text_tokenizer, workers=1
@@ -78,10 +78,3 @@ def test_tokenization_logs_status_lines_instead_of_a_bar_where_output_is_no_term
     ]
     assert all("items/s, ETA" in line for line in lines)
     assert "tokenize:" not in capfd.readouterr().err  # no datasets bar in the log
-
-
-def _every_batch(init):
-    def patched(self, desc, total, unit="texts", interval=30.0):
-        init(self, desc, total, unit, interval=0.0)
-
-    return patched

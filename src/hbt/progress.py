@@ -18,6 +18,7 @@ from hbt.errors import ConfigError
 log = logging.getLogger("hbt.progress")
 T = TypeVar("T")
 CHOICES = ("auto", True, False)
+INTERVAL = 30.0  # seconds between log lines where output is no terminal
 
 
 def check_progress(enabled, key: str):
@@ -36,7 +37,7 @@ def progress(
     enabled="auto",
     unit: str = "texts",
     weight: Callable[[T], float] | None = None,
-    interval: float = 30.0,
+    interval: float | None = None,
     stream=None,
 ) -> Iterable[T]:
     """``items`` with progress shown; ``total`` in ``unit`` (plural: texts, queries), each item counting ``weight(item)`` of them
@@ -70,8 +71,9 @@ class Ticker:
     reports its own pieces (a ``datasets.map`` function: each worker process counts in its own copy, on
     the system-wide monotonic clock started here)."""
 
-    def __init__(self, desc: str, total: float | None, unit: str = "texts", interval: float = 30.0):
-        self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
+    def __init__(self, desc: str, total: float | None, unit: str = "texts", interval: float | None = None):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.interval = INTERVAL if interval is None else interval
         self.done = 0.0
         self.start = self.last = time.monotonic()
 

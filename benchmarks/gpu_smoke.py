@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -158,10 +159,14 @@ def fsdp_checks(family: str, path: Path, work: Path, trainer: list[str]) -> None
     if first is None:
         return
     start = time.perf_counter()
+    # Evaluated as the FSDP run's own evaluation encoded (its log says: bf16 runs as bf16-mixed on a
+    # sharded backbone, Encoder.runs_as), so that any difference is the export's.
+    encoded = re.search(r"encoding in (\S+) \(evaluator", (work / "fsdp" / "train.log").read_text(errors="replace"))
     proc = cli(
         "evaluate.py",
         f"model={FAMILY_OPTIONS[family]}",
         f"model.name_or_path={work / 'fsdp' / 'model'}",
+        *([f"evaluator.precision={encoded.group(1)}"] if encoded else []),
         "logger=csv",
         f"eval.toy.languages={LANGS}",
         f"hydra.run.dir={work / 'fsdp-eval'}",

@@ -66,9 +66,9 @@ def test_evaluation_precision_auto_follows_the_hardware(monkeypatch):
     assert encode_precision("auto", "cuda") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert encode_precision("auto", "cuda") == "fp16"
-    for forced in ("fp32", "bf16", "fp16"):
+    for forced in ("fp32", "bf16", "bf16-mixed", "fp16"):
         assert encode_precision(forced, "cuda") == encode_precision(forced, "cpu") == forced
-    with pytest.raises(ConfigError, match="evaluator.precision: expected auto, fp32, bf16, fp16; got 'half'"):
+    with pytest.raises(ConfigError, match="evaluator.precision: expected auto, fp32, bf16, bf16-mixed, fp16; got 'half'"):
         encode_precision("half", "cpu")
 
 

@@ -75,10 +75,32 @@ def test_bf16_embeddings_equal_fp32_on_real_multilingual_text(me5_dir):
     encoder = Encoder(name_or_path=str(me5_dir), query_prefix="query: ", passage_prefix="passage: ")
     texts, _ = xquad_sentences(per_language=10)
     full = encoder.encode(texts, "passage", precision="fp32")
-    bf16 = encoder.encode(texts, "passage", precision="bf16")
-    cosine = (full * bf16).sum(1)  # both unit length
-    assert float(cosine.min()) >= 0.9999
-    assert not torch.equal(full, bf16)  # autocast did run: bf16 is not fp32 bit for bit
+    for precision in ("bf16", "bf16-mixed"):
+        low = encoder.encode(texts, "passage", precision=precision)
+        cosine = (full * low).sum(1)  # both unit length
+        assert float(cosine.min()) >= 0.9999, precision
+        assert not torch.equal(full, low), precision  # bf16 did run: not fp32 bit for bit
+
+
+def test_bf16_runs_the_backbone_on_bf16_copies_and_leaves_its_weights_alone():
+    """bf16 casts the backbone's weights for the call, so its layers see bf16 inputs (under autocast,
+    bf16-mixed, they see fp32 and cast inside); the module's own weights, dtype and mode are untouched."""
+    torch.manual_seed(0)
+    encoder = Encoder(tiny=TINY)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    seen: list[torch.dtype] = []
+    dense = next(m for m in encoder.backbone.modules() if isinstance(m, torch.nn.Linear))
+    dense.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    texts = ["ein Satz", "une phrase un peu plus longue", "一句话"]
+    full = encoder.encode(texts, "passage", precision="fp32")
+    low = encoder.encode(texts, "passage", precision="bf16")
+    mixed = encoder.encode(texts, "passage", precision="bf16-mixed")
+    assert seen == [torch.float32, torch.bfloat16, torch.float32]
+    assert low.dtype == mixed.dtype == torch.float32 and not torch.equal(low, full)
+    assert float((low * full).sum(1).min()) > 0.999
+    assert encoder.training and not encoder.is_sharded()
+    after = encoder.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_evaluator_options_are_checked_before_any_model_loads():

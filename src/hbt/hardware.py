@@ -19,9 +19,9 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from hbt.errors import ConfigError
-from hbt.models.encoder import AUTOCAST_DTYPES, count_parameters
+from hbt.models.encoder import PRECISIONS, count_parameters
 
-# Autocast dtype of each evaluation precision (None: no autocast, full fp32).
+# The dtypes embeddings are kept (and cached) in (evaluator.embedding_dtype).
 EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -40,9 +40,10 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def encode_precision(precision: str, device: torch.device | str, key: str = "evaluator.precision") -> str:
     """The precision inference runs in: ``auto`` is bf16 on GPUs with bf16 (fp16 on older GPUs) and on
-    CPUs with native bf16, fp32 elsewhere; ``fp32``, ``bf16`` and ``fp16`` force one."""
-    if precision != "auto" and precision not in AUTOCAST_DTYPES:
-        raise ConfigError(key, f"expected auto, {', '.join(AUTOCAST_DTYPES)}; got {precision!r}")
+    CPUs with native bf16, fp32 elsewhere; ``fp32``, ``bf16``, ``bf16-mixed`` and ``fp16`` force one
+    (:data:`hbt.models.encoder.PRECISIONS` says how each runs)."""
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ConfigError(key, f"expected auto, {', '.join(PRECISIONS)}; got {precision!r}")
     if precision != "auto":
         return precision
     kind = torch.device(device).type

@@ -190,12 +190,15 @@ class Evaluator:
 
     def encode_options(self, encoder: Encoder, progress: bool | None = None) -> dict:
         """How :meth:`Encoder.encode` runs: batches, token budget, precision resolved for the encoder's
-        device (``auto``: bf16 where the hardware has it), and the dtype embeddings are kept in."""
+        device (``auto``: bf16 where the hardware has it; bf16-mixed under FSDP, :meth:`Encoder.runs_as`),
+        and the dtype embeddings are kept in."""
         from hbt.hardware import EMBEDDING_DTYPES, encoding
 
+        resolved = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator")
         return {
             "batch_size": self.batch_size,
-            **encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator"),
+            **resolved,
+            "precision": encoder.runs_as(resolved["precision"]),
             "dtype": EMBEDDING_DTYPES[self.embedding_dtype],
             "progress": self.progress if progress is None else progress,
         }

@@ -30,8 +30,18 @@ from hbt.models.languages import LanguageCodes, tokenizer_language_codes
 from hbt.models.st_modules import POOLINGS, DenseHead, read_spec, write_json, write_modules
 from hbt.progress import progress as show_progress
 
-# Encoding precisions (evaluator.precision, mine.precision) and the autocast dtype of each.
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Encoding precisions (evaluator.precision, mine.precision): how each runs the backbone, and in what dtype.
+# bf16: its floating weights cast to bf16 once per encode call, so matmuls, attention and norms all run in
+# bf16 with no per-operation casts (as inference usually runs; pooling, Dense heads and normalization stay
+# fp32). bf16-mixed and fp16: fp32 weights under autocast, the matmuls in the low precision (fp16 stays
+# mixed: T5-family activations overflow fp16's range). An FSDP-sharded backbone, whose weights are
+# gathered inside its own forward, runs bf16 as bf16-mixed.
+PRECISIONS = {
+    "fp32": (None, None),
+    "bf16": ("cast", torch.bfloat16),
+    "bf16-mixed": ("autocast", torch.bfloat16),
+    "fp16": ("autocast", torch.float16),
+}
 
 EXPORT_FILE = "hbt_encoder.json"
 Languages = str | Sequence[str] | None
@@ -371,9 +381,15 @@ class Encoder(nn.Module):
             return torch.cat(parts)[torch.argsort(order)]
         return self._embed(inputs)
 
-    def _embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _embed(self, inputs: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``weights``: the backbone's parameters and buffers to run it with instead of its own (the
+        bf16 copies :meth:`encode` makes); its output is then pooled in fp32."""
         mask = inputs["attention_mask"]
-        hidden = self.backbone(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": mask}
+        if weights is None:
+            hidden = self.backbone(**kwargs).last_hidden_state
+        else:
+            hidden = torch.func.functional_call(self.backbone, weights, (), kwargs).last_hidden_state.float()
         pooled = self.pool(hidden, mask)
         for head in self.heads:
             pooled = head(pooled)
@@ -405,27 +421,52 @@ class Encoder(nn.Module):
         """Embeddings of raw texts, in input order, as ``dtype``. The texts are tokenized first and
         batched longest first by token count (:func:`token_batches`): at most ``batch_size`` texts and,
         with ``max_tokens``, at most that many tokens once padded, so short texts go in large batches and
-        little is padding. ``precision`` (fp32, bf16, fp16; see :func:`hbt.hardware.encode_precision`)
-        runs the forward pass under autocast. ``progress`` (auto, true, false: :mod:`hbt.progress`) shows
-        texts encoded, rate and ETA. ``lang`` (one for all, or one per text) is needed by
-        language-coded tokenizers (mBART-50)."""
+        little is padding. ``precision`` (:data:`PRECISIONS`: fp32; bf16, the backbone's weights cast
+        for the call; bf16-mixed and fp16 under autocast; :func:`hbt.hardware.encode_precision` resolves
+        auto). ``progress`` (auto, true, false: :mod:`hbt.progress`) shows texts encoded, rate and ETA.
+        ``lang`` (one for all, or one per text) is needed by language-coded tokenizers (mBART-50)."""
         ids = self.tokenize_compact(texts, kind, lang)
         device = next(self.parameters()).device
-        cast = AUTOCAST_DTYPES[precision]
+        mode, low = PRECISIONS[self.runs_as(precision)]
+        weights = self.cast_backbone(low) if mode == "cast" else None
+        autocast = mode == "autocast"
         was_training = self.training
         self.eval()
         out = None
         batches = token_batches([len(row) for row in ids], batch_size, max_tokens)
         for rows in show_progress(batches, len(texts), f"encode {kind}", progress, unit="texts", weight=len):
             batch = self.text_tokenizer.pad([ids[i] for i in rows])
-            with torch.autocast(device.type, dtype=cast) if cast is not None else contextlib.nullcontext():
-                embeddings = self({k: v.to(device) for k, v in batch.items()})
+            with torch.autocast(device.type, dtype=low) if autocast else contextlib.nullcontext():
+                embeddings = self._embed({k: v.to(device) for k, v in batch.items()}, weights)
             embeddings = embeddings.to("cpu", dtype)
             if out is None:  # written in place: no list of batches and no second copy to concatenate
                 out = torch.empty((len(texts), embeddings.shape[1]), dtype=dtype)
             out[torch.tensor(rows)] = embeddings
         self.train(was_training)
         return out if out is not None else torch.empty((0, 0), dtype=dtype)
+
+    def cast_backbone(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The backbone's parameters and buffers with the floating ones cast to ``dtype`` (integer
+        buffers such as position ids as they are): new tensors for one encode call, the module's own
+        weights untouched (training goes on in full precision)."""
+        named = dict(self.backbone.named_parameters())
+        named.update(self.backbone.named_buffers())
+        return {name: t.detach().to(dtype) if t.is_floating_point() else t for name, t in named.items()}
+
+    def runs_as(self, precision: str) -> str:
+        """The precision :meth:`encode` runs ``precision`` in here: bf16 casts the backbone's weights,
+        which needs them whole, so an FSDP-sharded backbone runs bf16 as bf16-mixed (the evaluator logs
+        which, and keys its embedding cache by it)."""
+        return "bf16-mixed" if precision == "bf16" and self.is_sharded() else precision
+
+    def is_sharded(self) -> bool:
+        """Whether FSDP shards the backbone (its forward gathers the weights, so they cannot be cast
+        ahead of it)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return any(isinstance(m, FullyShardedDataParallel) for m in self.modules()) or any(
+            type(p).__name__ in ("FlatParameter", "DTensor") for p in self.parameters()
+        )
 
     def tokenize_compact(self, texts: list[str], kind: str, lang: Languages = None, chunk: int = 4096) -> list[np.ndarray]:
         """Token ids of every text as int32 arrays, tokenized ``chunk`` texts at a time: a 200k-passage

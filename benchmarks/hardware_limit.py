@@ -74,6 +74,14 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, shape: tuple[i
     return max(square, linear)
 
 
+def xquad_r_texts(per_language: int) -> list[str]:
+    """Real multilingual text of the lengths retrieval encodes: the first ``per_language`` answer
+    sentences and half as many questions of each of XQuAD-R's 11 languages."""
+    bench = load_lareqa("xquad_r", SHARED / "data" / "xquad-r")
+    texts = [t for lang in sorted(bench.candidates) for t in bench.candidates[lang][:per_language]]
+    return texts + [t for lang in sorted(bench.queries) for _, t in bench.queries[lang][: per_language // 2]]
+
+
 def forward_flops(config, lengths: list[int]) -> float:
     h = config.hidden_size
     f = config.intermediate_size
@@ -115,9 +123,7 @@ def main() -> None:
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
     args.max_tokens = args.max_tokens or token_budget("auto", device)
 
-    bench = load_lareqa("xquad_r", SHARED / "data" / "xquad-r")
-    texts = [t for lang in sorted(bench.candidates) for t in bench.candidates[lang][: args.texts_per_language]]
-    texts += [t for lang in sorted(bench.queries) for _, t in bench.queries[lang][: args.texts_per_language // 2]]
+    texts = xquad_r_texts(args.texts_per_language)
     encoder = make_encoder("me5_small", args.max_length).to(device)
     config = encoder.backbone.config
     lengths = [len(ids) for ids in encoder.tokenize_compact(texts, "passage")]

@@ -1,0 +1,103 @@
+"""Where hbt's encoding time goes: PyTorch's profiler over Encoder.encode, operator by operator.
+
+The same texts and model as ``hardware_limit.py`` (XQuAD-R's sentences and questions, 11 languages,
+multilingual-e5-small, hbt's default precision and token budget). It prints each operator's share of the
+time and, for the matrix multiplies, the FLOP/s they reach on their own (FLOPs from the model's shapes and
+the padded token counts of the batches), which says how much of the gap to the machine's matmul peak is
+the matmuls and how much everything between them (attention, GELU, layer norms, casts).
+
+With ``--pairs N`` it first times the given precisions against each other, N rounds interleaved (the
+order alternating), and prints each round's speeds and the median speed-up of the first over the others:
+on a machine whose speed drifts, side-by-side pairs are what can tell two close contenders apart.
+
+    python benchmarks/encode_profile.py --precision bf16 bf16-mixed --pairs 8     # about 3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from common import make_encoder
+from hardware_limit import forward_flops, matmul_peak, xquad_r_texts
+from torch.profiler import ProfilerActivity, profile
+
+from hbt.hardware import encode_precision, token_budget
+from hbt.models.encoder import token_batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts-per-language", type=int, default=100)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: evaluator.max_tokens=auto")
+    parser.add_argument("--precision", nargs="+", default=["auto"], help="fp32, bf16, bf16-mixed, fp16, auto")
+    parser.add_argument("--rows", type=int, default=10, help="operators listed")
+    parser.add_argument("--pairs", type=int, default=0, help="rounds of the precisions timed against each other first")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget = args.max_tokens or token_budget("auto", device)
+
+    texts = xquad_r_texts(args.texts_per_language)
+    encoder = make_encoder("me5_small", args.max_length).to(device)
+    config = encoder.backbone.config
+    lengths = [len(ids) for ids in encoder.tokenize_compact(texts, "passage")]
+    padded = sum(len(rows) * max(lengths[i] for i in rows) for rows in token_batches(lengths, args.batch_size, budget))
+    h, f = config.hidden_size, config.intermediate_size
+    matmul_flops = config.num_hidden_layers * padded * 2 * (4 * h * h + 2 * h * f)
+    print(
+        f"device={device} ({torch.get_num_threads()} threads), {len(texts)} texts, {sum(lengths)} tokens "
+        f"({padded} once padded), max_tokens {budget}"
+    )
+    precisions = [encode_precision(name, device) for name in args.precision]
+
+    def timed(precision: str) -> float:
+        start = time.perf_counter()
+        encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=budget, precision=precision)
+        return time.perf_counter() - start
+
+    if args.pairs:
+        for precision in precisions:  # warm-up
+            timed(precision)
+        speedups: dict[str, list[float]] = {other: [] for other in precisions[1:]}
+        for round_ in range(args.pairs):
+            order = precisions if round_ % 2 == 0 else precisions[::-1]
+            took = {precision: timed(precision) for precision in order}
+            for other in speedups:
+                speedups[other].append(took[other] / took[precisions[0]])
+            print(f"round {round_ + 1}: " + ", ".join(f"{p} {len(texts) / took[p]:.1f} texts/s" for p in precisions), flush=True)
+        for other, values in speedups.items():
+            print(f"{precisions[0]} over {other}: median {statistics.median(values):.2f}x (min {min(values):.2f}, max {max(values):.2f})")
+    for precision in precisions:
+        timed(precision)  # warm-up: one-off allocations and kernel selection
+        peak = matmul_peak(torch.bfloat16, device, 2048, (budget, h, f))
+        wall = timed(precision)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+            timed(precision)
+        events = sorted(
+            prof.key_averages(), key=lambda e: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total, reverse=True
+        )
+        own = [(e.key, (e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total) / 1e6) for e in events]
+        total = sum(seconds for _, seconds in own)
+        linear = sum(seconds for key, seconds in own if key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"))
+        print(f"\nprecision {precision}: {len(texts) / wall:.1f} texts/s unprofiled; profiled operator time {total:.2f} s")
+        print(
+            f"  matrix multiplies (the linear layers): {linear:.2f} s ({100 * linear / total:.0f}%), {matmul_flops / linear / 1e9:.0f} GFLOP/s on their own"
+        )
+        print(f"  everything else: {total - linear:.2f} s ({100 * (total - linear) / total:.0f}%)")
+        print(
+            f"  bf16 matmul peak measured just before: {peak / 1e9:.0f} GFLOP/s; the linear layers at "
+            f"{100 * matmul_flops / linear / peak:.0f}% of it, the whole encoding (unprofiled) at "
+            f"{100 * forward_flops(config, lengths) / wall / peak:.0f}% (useful FLOPs, as hardware_limit.py counts them)"
+        )
+        print(f"  {'operator':<52}{'s':>8}{'share':>8}{'calls':>8}")
+        calls = {e.key: e.count for e in events}
+        for key, seconds in own[: args.rows]:
+            print(f"  {key[:50]:<52}{seconds:>8.2f}{100 * seconds / total:>7.1f}%{calls[key]:>8}")
+
+
+if __name__ == "__main__":
+    main()

@@ -103,6 +103,21 @@ def test_bf16_runs_the_backbone_on_bf16_copies_and_leaves_its_weights_alone():
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_a_sharded_encoder_encodes_bf16_as_bf16_mixed_and_says_so(monkeypatch):
+    """Under FSDP the weights are whole only inside the wrapped forward, so bf16 runs as bf16-mixed, and
+    the evaluator's options (what it logs, what keys its embedding cache) name the precision that runs."""
+    encoder = Encoder(tiny=TINY)
+    assert Evaluator(precision="bf16").encode_options(encoder)["precision"] == "bf16"
+    monkeypatch.setattr(encoder, "is_sharded", lambda: True)
+    assert encoder.runs_as("bf16") == "bf16-mixed" and encoder.runs_as("fp32") == "fp32"
+    assert Evaluator(precision="bf16").encode_options(encoder)["precision"] == "bf16-mixed"
+    seen: list[torch.dtype] = []
+    dense = next(m for m in encoder.backbone.modules() if isinstance(m, torch.nn.Linear))
+    dense.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    encoder.encode(["ein Satz"], "passage", precision="bf16")
+    assert seen == [torch.float32]  # autocast: fp32 in, cast inside
+
+
 def test_evaluator_options_are_checked_before_any_model_loads():
     for kwargs, key in (
         ({"precision": "half"}, "evaluator.precision"),

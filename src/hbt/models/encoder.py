@@ -460,13 +460,11 @@ class Encoder(nn.Module):
         return "bf16-mixed" if precision == "bf16" and self.is_sharded() else precision
 
     def is_sharded(self) -> bool:
-        """Whether FSDP shards the backbone (its forward gathers the weights, so they cannot be cast
-        ahead of it)."""
+        """Whether FSDP wraps parts of the encoder (their forward gathers the weights, so they cannot be
+        cast ahead of it)."""
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        return any(isinstance(m, FullyShardedDataParallel) for m in self.modules()) or any(
-            type(p).__name__ in ("FlatParameter", "DTensor") for p in self.parameters()
-        )
+        return any(isinstance(m, FullyShardedDataParallel) for m in self.modules())
 
     def tokenize_compact(self, texts: list[str], kind: str, lang: Languages = None, chunk: int = 4096) -> list[np.ndarray]:
         """Token ids of every text as int32 arrays, tokenized ``chunk`` texts at a time: a 200k-passage

@@ -194,14 +194,19 @@ def main() -> None:
     shape = (args.max_tokens, config.hidden_size, config.intermediate_size)
     for repeat in range(args.repeats):  # interleaved
         peaks["fp32"].append(matmul_peak(torch.float32, device, n, shape))
+        print(f"  fp32 matmul peak: {peaks['fp32'][-1] / 1e9:.1f} GFLOP/s", flush=True)
         for name, run in contenders.items():
             if name == default_name:
                 peaks["bf16"].append(matmul_peak(torch.bfloat16, device, n, shape))
+                print(f"  bf16 matmul peak: {peaks['bf16'][-1] / 1e9:.1f} GFLOP/s", flush=True)
             seconds[name].append(timed(run))
             if name == default_name:
                 peak_fraction.append(encode_flops / seconds[name][-1] / peaks["bf16"][-1])
+            # As it goes, so that a run cut short still shows what it measured.
+            print(f"  {name}: {len(texts) / seconds[name][-1]:.1f} texts/s", flush=True)
         for name, run in trainers.items():
             pairs_per_s[name].append(run())
+            print(f"  {name}: {pairs_per_s[name][-1]:.2f} pairs/s", flush=True)
         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
 
     peak = {k: statistics.median(v) for k, v in peaks.items()}
@@ -238,6 +243,10 @@ def main() -> None:
     for name, rate in train.items():
         flops = rate * pair_flops
         print(f"{name:<48}{rate:>10.2f}{flops / 1e9:>10.1f}{100 * flops / peak['bf16']:>12.1f}%{100 * flops / peak['fp32']:>12.1f}%")
+    print(
+        f"\nMFU on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'this CPU'} (useful FLOP/s over the measured bf16 matmul peak): "
+        f"hbt encoding {100 * hbt_enc * flops_per_text / peak['bf16']:.1f}%, hbt training {100 * hbt_train * pair_flops / peak['bf16']:.1f}%"
+    )
     print("\npadding (share of the encoded tokens that are padding):")
     print(
         f"  hbt: token-sorted, <= {args.batch_size} texts and {args.max_tokens} tokens: "

@@ -117,6 +117,12 @@ def main() -> None:
     parser.add_argument("--train-length", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--warmup-round",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="one untimed round of every contender first (auto: on a GPU, which loads each kernel on its first use)",
+    )
     parser.add_argument("--matmul-n", type=int, default=None, help="matrix size for the peak (2048 on CPU, 8192 on GPU)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -176,12 +182,14 @@ def main() -> None:
         precision=default_precision(device.type == "cuda"),
         st_bf16=False,
     )
+
+    def train_args_with(steps: int | None = None, **changes) -> SimpleNamespace:
+        return SimpleNamespace(**{**vars(train_args), "steps": steps or train_args.steps, **changes})
+
     trainers = {
-        f"hbt train (default: {train_args.precision})": lambda: train_throughput.hbt_lightning(train_args),
-        "ST train (default: fp32)": lambda: train_throughput.sentence_transformers(
-            SimpleNamespace(**{**vars(train_args), "st_bf16": False})
-        ),
-        "ST train (bf16)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": True})),
+        f"hbt train (default: {train_args.precision})": lambda steps=None: train_throughput.hbt_lightning(train_args_with(steps)),
+        "ST train (default: fp32)": lambda steps=None: train_throughput.sentence_transformers(train_args_with(steps, st_bf16=False)),
+        "ST train (bf16)": lambda steps=None: train_throughput.sentence_transformers(train_args_with(steps, st_bf16=True)),
     }
 
     peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
@@ -192,6 +200,16 @@ def main() -> None:
     # taken repeat by repeat (the median of those is reported), not median against median.
     peak_fraction: list[float] = []
     shape = (args.max_tokens, config.hidden_size, config.intermediate_size)
+    if args.warmup_round == "on" or (args.warmup_round == "auto" and device.type == "cuda"):
+        # CUDA loads a kernel's module on its first use (lazy loading), so without this round whichever
+        # contender first runs a kernel pays for loading it inside its own timing. On an H200 (docs/
+        # benchmarks.md) the first training loop in a process had steps of 1.9 and 2.5 s among its
+        # 60-200 ms ones. Every trainer repeats its timed steps' very batches (same seeds), shapes and all.
+        for run in contenders.values():
+            run()
+        for run in trainers.values():
+            run()
+        print("warm-up round done (untimed)", flush=True)
     for repeat in range(args.repeats):  # interleaved
         peaks["fp32"].append(matmul_peak(torch.float32, device, n, shape))
         print(f"  fp32 matmul peak: {peaks['fp32'][-1] / 1e9:.1f} GFLOP/s", flush=True)

@@ -79,9 +79,9 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def hbt_lightning(args) -> float:
-    """hbt's real path: ParallelDataModule + RetrieverModule under lightning.Trainer (in ``args.precision``
-    where given, else 32-true)."""
+def hbt_setup(args, callbacks: list) -> tuple:
+    """hbt's real path, ready to fit: ParallelDataModule + RetrieverModule under lightning.Trainer (in
+    ``args.precision`` where given, else 32-true), with ``callbacks``."""
     from functools import partial
 
     from hbt.loss import InfoNCELoss
@@ -95,7 +95,6 @@ def hbt_lightning(args) -> float:
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01, fused=True),
         scheduler=partial(warmup_linear),
     )
-    timer = StepTimer(args.warmup)
     trainer = L.Trainer(
         accelerator="gpu" if torch.cuda.is_available() else "cpu",
         precision=getattr(args, "precision", "32-true"),
@@ -107,9 +106,16 @@ def hbt_lightning(args) -> float:
         gradient_clip_val=1.0,
         use_distributed_sampler=False,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)))
+    return module, trainer, make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None))
+
+
+def hbt_lightning(args) -> float:
+    """Pairs/s of hbt's real path (:func:`hbt_setup`) over the steps after ``args.warmup``."""
+    timer = StepTimer(args.warmup)
+    module, trainer, datamodule = hbt_setup(args, [timer])
+    trainer.fit(module, datamodule=datamodule)
     return args.steps * args.batch_size / (timer.end - timer.start)
 
 

@@ -179,6 +179,32 @@ def test_duplicate_masks_by_hand():
     assert torch.equal(back, expected_back)
 
 
+def test_duplicate_masks_match_their_definition_on_random_batches():
+    """The vectorized masks against the definition written as plain loops over keys, on random global
+    batches (duplicate queries and passages, hard negatives, several ranks, keys near 2^60)."""
+    from hbt.loss import duplicate_masks
+
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(high, size):
+        return torch.randint(0, high, (size,), generator=generator)
+
+    for _ in range(200):
+        world, per_rank, k, texts = (int(draw(hi, 1)) + 1 for hi in (3, 12, 3, 20))
+        n, rank = world * per_rank, int(draw(world, 1))
+        query_keys, positive_keys = draw(texts, n) * 2**50, draw(texts, n) * 7 + 2**58
+        candidate_keys = torch.cat([positive_keys, draw(texts, n * (k - 1)) * 7 + 2**58])
+        targets = torch.arange(per_rank) + rank * per_rank
+        mask, back = duplicate_masks(query_keys, positive_keys, candidate_keys, targets)
+        for b, g in enumerate(targets.tolist()):
+            related = [i for i in range(n) if query_keys[i] == query_keys[g]]
+            texts_of_related = {int(positive_keys[i]) for i in related}
+            expected = [c != g and (c in related or int(candidate_keys[c]) in texts_of_related) for c in range(len(candidate_keys))]
+            assert mask[b].tolist() == expected
+            expected_back = [i != g and (i in related or positive_keys[i] == positive_keys[g]) for i in range(n)]
+            assert back[b].tolist() == expected_back
+
+
 def test_masking_leaves_duplicates_out_of_the_softmax():
     import torch.nn.functional as F
 

@@ -7,6 +7,8 @@ larger batch sizes; mContriever 0.05).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,11 +73,18 @@ def row_keys(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     attention mask weighted by position (powers of 1,000,003 modulo 2^31 - 1): ids < 2^20 and 512
     positions keep every sum below 2^60, so nothing overflows."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    return (ids * mask * _position_powers(ids.shape[1], ids.device)).sum(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_powers(width: int, device: torch.device) -> torch.Tensor:
+    """1,000,003^i mod 2^31 - 1 for positions i < width, made once per width and device (a copy to a
+    GPU at every step would wait for the work queued before it)."""
     powers, value = [], 1
-    for _ in range(ids.shape[1]):
+    for _ in range(width):
         powers.append(value)
         value = value * 1_000_003 % 2_147_483_647
-    return (ids * mask * torch.tensor(powers, dtype=torch.long, device=ids.device)).sum(1)
+    return torch.tensor(powers, dtype=torch.long, device=device)
 
 
 def duplicate_masks(
@@ -92,12 +101,19 @@ def duplicate_masks(
     duplicate passage in the batch, or a hard negative equal to it); the target itself never is.
     """
     same_query = query_keys[targets][:, None] == query_keys[None, :]  # [B, N]: related items
-    related_pos = same_query  # the positive column of a related item
-    mask = torch.zeros((len(targets), len(candidate_keys)), dtype=torch.bool, device=candidate_keys.device)
-    mask[:, : len(positive_keys)] |= related_pos
-    rows, items = same_query.nonzero(as_tuple=True)
-    for row, item in zip(rows.tolist(), items.tolist()):  # equal text to a related item's positive
-        mask[row] |= candidate_keys == positive_keys[item]
+    # Equal text to a related item's positive: to the query's own positive for every row at once; then,
+    # for the rare items related through an equal query text, in blocks of pairs (a few kernels each, a
+    # block's comparisons bounded to 2^24 elements) instead of a loop over every related pair.
+    mask = candidate_keys[None, :] == positive_keys[targets][:, None]
+    mask[:, : len(positive_keys)] |= same_query  # the positive column of a related item, whatever its text
+    others = same_query.clone()
+    others[torch.arange(len(targets), device=others.device), targets] = False
+    rows, items = others.nonzero(as_tuple=True)
+    block = max(1, 2**24 // max(1, len(candidate_keys)))
+    for start in range(0, len(rows), block):
+        equal = candidate_keys[None, :] == positive_keys[items[start : start + block]][:, None]
+        hits = torch.zeros(mask.shape, dtype=torch.int32, device=mask.device).index_add_(0, rows[start : start + block], equal.int())
+        mask |= hits > 0
     mask[torch.arange(len(targets), device=mask.device), targets] = False
     same_positive = positive_keys[targets][:, None] == positive_keys[None, :]
     back = same_query | same_positive  # queries whose positive is this passage (or that share the query)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import lightning as L
 import torch
 import train_throughput
-from common import SHARED, make_datamodule, make_encoder
+from common import SHARED
 
 from hbt.eval.lareqa import lareqa_items
 
@@ -66,29 +66,12 @@ def hbt_run(args, profile: bool = False) -> None:
 
 
 def plain_run(args, autocast: bool) -> None:
-    from hbt.loss import InfoNCELoss
-    from hbt.module import warmup_linear
-
-    torch.manual_seed(0)
-    encoder = make_encoder(args.model, args.max_length).to(DEVICE)
-    loader = make_datamodule(encoder, args.batch_size, items=args.items).train_dataloader()
-    loss_fn = InfoNCELoss(0.05)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
-    scheduler = warmup_linear(optimizer, args.warmup + args.steps)
-    encoder.train()
+    loader, step = train_throughput.plain_setup(args, DEVICE)
     times = []
     for batch in train_throughput._cycle(loader, args.warmup + args.steps):
         sync()
         start = time.perf_counter()
-        inputs = {kind: {k: v.to(DEVICE) for k, v in batch[kind].items()} for kind in ("query", "passage")}
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-            queries, passages = encoder(inputs["query"]), encoder(inputs["passage"])
-            loss, _ = loss_fn(queries, passages, torch.arange(len(queries), device=DEVICE))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        step(batch, autocast)
         sync()
         times.append(1000 * (time.perf_counter() - start))
     print(f"plain autocast={autocast} step ms:", " ".join(f"{ms:.0f}" for ms in times), flush=True)

@@ -30,30 +30,42 @@ def batches_for(args, encoder) -> list[dict]:
     )
 
 
-def plain_loop(args) -> float:
-    """The reference: the same step written by hand."""
+def plain_setup(args, device: str = "cpu") -> tuple:
+    """The reference: the same step as hbt's written by hand. Returns the loader (batches made live, as
+    in hbt) and ``step(batch, autocast=False)``, one training step (bf16 autocast with ``autocast``)."""
     from hbt.loss import InfoNCELoss
     from hbt.module import warmup_linear
 
     torch.manual_seed(0)
-    encoder = make_encoder(args.model, args.max_length)
-    loader = make_datamodule(
-        encoder, args.batch_size, items=getattr(args, "items", None)
-    ).train_dataloader()  # batches made live, as in hbt
+    encoder = make_encoder(args.model, args.max_length).to(device)
+    loader = make_datamodule(encoder, args.batch_size, items=getattr(args, "items", None)).train_dataloader()
     loss_fn = InfoNCELoss(0.05)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
     scheduler = warmup_linear(optimizer, args.warmup + args.steps)
     encoder.train()
-    for i, batch in enumerate(_cycle(loader, args.warmup + args.steps)):
-        if i == args.warmup:
-            clock = Stopwatch()
-        q, p = encoder(batch["query"]), encoder(batch["passage"])
-        loss, _ = loss_fn(q, p, torch.arange(len(q)))
+
+    def step(batch: dict, autocast: bool = False) -> None:
+        if device != "cpu":
+            batch = {kind: {k: v.to(device) for k, v in batch[kind].items()} for kind in ("query", "passage")}
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            queries, passages = encoder(batch["query"]), encoder(batch["passage"])
+            loss, _ = loss_fn(queries, passages, torch.arange(len(queries), device=device))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+
+    return loader, step
+
+
+def plain_loop(args) -> float:
+    """Pairs/s of the hand-written step (:func:`plain_setup`) over the steps after ``args.warmup``."""
+    loader, step = plain_setup(args)
+    for i, batch in enumerate(_cycle(loader, args.warmup + args.steps)):
+        if i == args.warmup:
+            clock = Stopwatch()
+        step(batch)
     return args.steps * args.batch_size / clock.seconds()
 
 

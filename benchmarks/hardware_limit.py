@@ -183,13 +183,12 @@ def main() -> None:
         st_bf16=False,
     )
 
-    def train_args_with(steps: int | None = None, **changes) -> SimpleNamespace:
-        return SimpleNamespace(**{**vars(train_args), "steps": steps or train_args.steps, **changes})
-
     trainers = {
-        f"hbt train (default: {train_args.precision})": lambda steps=None: train_throughput.hbt_lightning(train_args_with(steps)),
-        "ST train (default: fp32)": lambda steps=None: train_throughput.sentence_transformers(train_args_with(steps, st_bf16=False)),
-        "ST train (bf16)": lambda steps=None: train_throughput.sentence_transformers(train_args_with(steps, st_bf16=True)),
+        f"hbt train (default: {train_args.precision})": lambda: train_throughput.hbt_lightning(train_args),
+        "ST train (default: fp32)": lambda: train_throughput.sentence_transformers(
+            SimpleNamespace(**{**vars(train_args), "st_bf16": False})
+        ),
+        "ST train (bf16)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": True})),
     }
 
     peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}

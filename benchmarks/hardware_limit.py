@@ -39,6 +39,7 @@ GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
     "hbt encode (default) / ST encode (bf16, best batch)": 1.1,
     "hbt train (default) / ST train (default)": 1.4,
     "hbt encode (default) / bf16 matmul peak": 0.5,
+    "hbt encode (compiled, opt-in) / bf16 matmul peak": 0.5,
 }
 
 
@@ -124,6 +125,9 @@ def main() -> None:
         help="one untimed round of every contender first (auto: on a GPU, which loads each kernel on its first use)",
     )
     parser.add_argument("--matmul-n", type=int, default=None, help="matrix size for the peak (2048 on CPU, 8192 on GPU)")
+    parser.add_argument(
+        "--compiled", choices=["on", "off"], default="on", help="also time hbt's compiled encoding (evaluator.compile; compiles once first)"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
@@ -147,17 +151,19 @@ def main() -> None:
     for model in st.values():
         model.max_seq_length = args.max_length
 
-    def hbt_encode(precision: str, budget: int | None = None):
+    def hbt_encode(precision: str, budget: int | None = None, compile: bool = False):
         return lambda: encoder.encode(
-            texts, "passage", batch_size=args.batch_size, max_tokens=budget or args.max_tokens, precision=precision
+            texts, "passage", batch_size=args.batch_size, max_tokens=budget or args.max_tokens, precision=precision, compile=compile
         )
 
     def st_encode(kind: str, batch: int):
         return lambda: st[kind].encode(texts, batch_size=batch, prompt="passage: ", normalize_embeddings=True, convert_to_tensor=True)
 
     default_name = f"hbt encode (default: {default_encode}, max_tokens {args.max_tokens})"
+    compiled_name = f"hbt encode ({default_encode}, compiled: evaluator.compile)"
     contenders = {
         default_name: hbt_encode(default_encode),
+        **({compiled_name: hbt_encode(default_encode, compile=True)} if args.compiled == "on" else {}),
         "hbt encode (bf16-mixed: autocast, the default before)": hbt_encode("bf16-mixed"),
         "hbt encode (fp32)": hbt_encode("fp32"),
         "ST encode (default: fp32, batch 32)": st_encode("fp32", 32),
@@ -198,6 +204,13 @@ def main() -> None:
     # default encoding is timed right after a bf16 peak measurement, and its fraction of the peak is
     # taken repeat by repeat (the median of those is reported), not median against median.
     peak_fraction: list[float] = []
+    paired = {default_name: peak_fraction, compiled_name: []}  # each timed right after its own bf16 peak
+    compile_seconds = None
+    if compiled_name in contenders:  # torch.compile's one-off cost, paid once per set of weights, not timed below
+        compile_seconds = timed(contenders[compiled_name])
+        print(f"  {compiled_name}: first call (compiles) {compile_seconds:.1f} s", flush=True)
+        compiled_embeddings = hbt_encode(default_encode, compile=True)().float()
+        compiled_agreement = float((compiled_embeddings * mine).sum(1).min())
     shape = (args.max_tokens, config.hidden_size, config.intermediate_size)
     if args.warmup_round == "on" or (args.warmup_round == "auto" and device.type == "cuda"):
         # CUDA loads a kernel's module on its first use (lazy loading), so without this round whichever
@@ -213,12 +226,12 @@ def main() -> None:
         peaks["fp32"].append(matmul_peak(torch.float32, device, n, shape))
         print(f"  fp32 matmul peak: {peaks['fp32'][-1] / 1e9:.1f} GFLOP/s", flush=True)
         for name, run in contenders.items():
-            if name == default_name:
+            if name in paired:
                 peaks["bf16"].append(matmul_peak(torch.bfloat16, device, n, shape))
                 print(f"  bf16 matmul peak: {peaks['bf16'][-1] / 1e9:.1f} GFLOP/s", flush=True)
             seconds[name].append(timed(run))
-            if name == default_name:
-                peak_fraction.append(encode_flops / seconds[name][-1] / peaks["bf16"][-1])
+            if name in paired:
+                paired[name].append(encode_flops / seconds[name][-1] / peaks["bf16"][-1])
             # As it goes, so that a run cut short still shows what it measured.
             print(f"  {name}: {len(texts) / seconds[name][-1]:.1f} texts/s", flush=True)
         for name, run in trainers.items():
@@ -245,11 +258,17 @@ def main() -> None:
         f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}"
     )
     print(f"embeddings, hbt default vs ST fp32: min cosine {agreement:.6f}")
+    if compile_seconds is not None:
+        print(
+            f"embeddings, hbt compiled vs hbt default: min cosine {compiled_agreement:.6f}; compiling took {compile_seconds:.1f} s (once)"
+        )
     print(
         f"\nmatmul peak (best of {n}x{n} square and the {shape[0]}x{shape[1]} by {shape[1]}x{shape[2]} linear), median of repeats: "
         f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s (each repeat: {', '.join(f'{p / 1e9:.0f}' for p in peaks['bf16'])}), fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
     )
-    print(f"hbt encode (default) / bf16 peak measured just before it, each repeat: {', '.join(f'{f:.2f}' for f in peak_fraction)}")
+    for name, fractions in paired.items():
+        if fractions:
+            print(f"{name} / bf16 peak measured just before it, each repeat: {', '.join(f'{f:.2f}' for f in fractions)}")
     print(f"\n{'encoding':<48}{'texts/s':>10}{'GFLOP/s':>10}{'% bf16 peak':>13}{'% fp32 peak':>13}")
     for name, rate in enc.items():
         flops = rate * flops_per_text
@@ -278,6 +297,9 @@ def main() -> None:
         "hbt train (default) / ST train (default)": hbt_train / train["ST train (default: fp32)"],
         "hbt encode (default) / bf16 matmul peak": statistics.median(peak_fraction),
     }
+    if paired[compiled_name]:
+        measured["hbt encode (compiled, opt-in) / bf16 matmul peak"] = statistics.median(paired[compiled_name])
+        print(f"\nhbt encode compiled / default (same run, medians): {enc[compiled_name] / hbt_enc:.2f}x")
     print(f"\n{'ratio':<56}{'measured':>10}{'goal':>8}  met")
     for name, value in measured.items():
         print(f"{name:<56}{value:>10.2f}{GOALS[name]:>8.2f}  {'yes' if value >= GOALS[name] else 'NO'}")

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,30 +121,36 @@ def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, ch
             torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-4)
 
 
-def _encode_worker(rank, world, port, out_dir):
+def _encode_worker(rank, world, port, out_dir, compile=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         from hbt.eval.retrieval import Evaluator
         from hbt.eval.toy import toy_benchmark
+        from hbt.models.encoder import _COMPILED
 
-        results = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
+        encoder = make_module().encoder
+        results = Evaluator(ks=(1, 10), precision="fp32", compile=compile).evaluate(encoder, toy_benchmark("validation", ["en", "zh"]))
         torch.save(results, os.path.join(out_dir, f"eval{rank}.pt"))
+        Path(out_dir, f"compiled{rank}").write_text(str(encoder in _COMPILED))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_sharded_evaluation_equals_one_process(tmp_path):
-    """In fp32: bf16 rounds differently in other batch compositions (each rank encodes its own shard)."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_sharded_evaluation_equals_one_process(tmp_path, compile):
+    """In fp32: bf16 rounds differently in other batch compositions (each rank encodes its own shard).
+    Compiled (evaluator.compile), each rank encodes its shard with its own compiled copy of the backbone."""
     from hbt.eval.retrieval import Evaluator
     from hbt.eval.toy import toy_benchmark
 
     expected = Evaluator(ks=(1, 10), precision="fp32").evaluate(make_module().encoder, toy_benchmark("validation", ["en", "zh"]))
-    mp.spawn(_encode_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_encode_worker, args=(2, free_port(), str(tmp_path), compile), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"eval{rank}.pt", weights_only=False)  # typed results (hbt.results)
+        assert (tmp_path / f"compiled{rank}").read_text() == str(compile)
         for setting in expected:
             for metric, value in expected[setting].macro.items():
                 assert got[setting].macro[metric] == pytest.approx(value, abs=1e-6)

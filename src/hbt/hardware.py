@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from hbt.errors import ConfigError
-from hbt.models.encoder import PRECISIONS, count_parameters
+from hbt.models.encoder import COMPILE_PRECISIONS, PRECISIONS, count_parameters
 
 # The dtypes embeddings are kept (and cached) in (evaluator.embedding_dtype).
 EMBEDDING_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -69,13 +69,25 @@ def token_budget(max_tokens, device: torch.device | str, key: str = "evaluator.m
     return max_tokens
 
 
-def encoding(precision: str, max_tokens, device: torch.device | str, section: str) -> dict:
-    """``precision`` and ``max_tokens`` of :meth:`Encoder.encode` resolved for ``device``; a bad value is
-    a ConfigError naming ``<section>.precision`` or ``<section>.max_tokens`` (``evaluator``, ``mine``)."""
-    return {
+def encoding(precision: str, max_tokens, device: torch.device | str, section: str, compile: bool = False) -> dict:
+    """``precision``, ``max_tokens`` and ``compile`` of :meth:`Encoder.encode` resolved for ``device``; a
+    bad value is a ConfigError naming ``<section>.precision``, ``<section>.max_tokens`` or
+    ``<section>.compile`` (``evaluator``, ``mine``). A compiled pass runs in fp32 or bf16 only
+    (:data:`hbt.models.encoder.COMPILE_PRECISIONS`), which ``auto`` gives everywhere but on GPUs without bf16."""
+    resolved = {
         "precision": encode_precision(precision, device, f"{section}.precision"),
         "max_tokens": token_budget(max_tokens, device, f"{section}.max_tokens"),
+        "compile": compile,
     }
+    if not isinstance(compile, bool):
+        raise ConfigError(f"{section}.compile", f"expected true or false, got {compile!r}")
+    if compile and resolved["precision"] not in COMPILE_PRECISIONS:
+        raise ConfigError(
+            f"{section}.compile",
+            f"a compiled pass runs in {' or '.join(COMPILE_PRECISIONS)} (its weights are frozen into the compiled code), "
+            f"but {section}.precision={precision} runs in {resolved['precision']}; set {section}.precision or {section}.compile=false",
+        )
+    return resolved
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -134,6 +146,12 @@ def check_fsdp(cfg: DictConfig) -> None:
             "trainer.precision",
             f"trainer=fsdp_cpu runs in full precision only (32-true), got {cfg.trainer.get('precision')}: "
             "FSDP's bf16 parameters meet fp32 inputs in CPU layer norms, which torch does not support",
+        )
+    if (cfg.get("evaluator") or {}).get("compile"):
+        raise ConfigError(
+            "evaluator.compile",
+            "not supported with trainer=fsdp: a compiled pass needs the backbone's weights whole, and FSDP holds "
+            "them sharded (gathered only inside its own forward); set evaluator.compile=false",
         )
     if (cfg.get("grad_cache") or {}).get("chunk_size") is not None:
         raise ConfigError(

@@ -94,6 +94,7 @@ class Miner:
         progress: bool | str = "auto",
         precision: str = "auto",
         max_tokens: int | str | None = "auto",
+        compile: bool = False,
     ):
         from hbt.eval.search import FaissSearcher
 
@@ -115,13 +116,13 @@ class Miner:
         self.progress = check_progress(progress, "mine.progress")
         from hbt.hardware import encoding
 
-        encoding(precision, max_tokens, "cpu", "mine")  # bad values stop before the model loads
-        self.precision, self.max_tokens = precision, max_tokens
+        encoding(precision, max_tokens, "cpu", "mine", compile)  # bad values stop before the model loads
+        self.precision, self.max_tokens, self.compile = precision, max_tokens, compile
 
     def _encode(self, encoder, texts: list[str], kind: str, lang, progress=None) -> np.ndarray:
         from hbt.hardware import encoding
 
-        options = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "mine")
+        options = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "mine", self.compile)
         shown = self.progress if progress is None else progress
         return encoder.encode(texts, kind, lang, self.batch_size, shown, **options).numpy()
 

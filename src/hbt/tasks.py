@@ -157,9 +157,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
     fabric = launch_devices(cfg.get("trainer"))
     L.seed_everything(cfg.seed, workers=True)
+    evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")  # its bad values stop before the model loads
     encoder = load_encoder(cfg)
     encoder = encoder.to(fabric.device)
-    results, per_query = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero)
+    results, per_query = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero, evaluator=evaluator)
     if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
         return {}, {"encoder": encoder}
     metrics = flatten_macro(results, "test")
@@ -174,9 +175,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     return metrics, {"encoder": encoder}
 
 
-def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True):
+def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True, evaluator: Evaluator | None = None):
     """Every configured benchmark: ``(results, per-query table)`` (see ``Evaluator.query_table``)."""
-    evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")
+    evaluator = evaluator or instantiate(cfg.evaluator, _convert_="all")
     benchmarks, subsets = instantiate_benchmarks(cfg.get("eval"))
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())

@@ -57,6 +57,7 @@ class Evaluator:
         precision: str = "auto",
         max_tokens: int | str | None = "auto",
         embedding_dtype: str = "float32",
+        compile: bool = False,
     ):
         from hbt.errors import ConfigError
         from hbt.hardware import EMBEDDING_DTYPES, encoding
@@ -66,10 +67,11 @@ class Evaluator:
             raise ConfigError("evaluator.settings", f"unknown settings {unknown}; expected a subset of {list(SETTINGS)}")
         if batch_size < 1:
             raise ConfigError("evaluator.batch_size", f"must be >= 1, got {batch_size}")
-        encoding(precision, max_tokens, "cpu", "evaluator")  # bad values stop here, before any model is loaded
+        encoding(precision, max_tokens, "cpu", "evaluator", compile)  # bad values stop here, before any model is loaded
         if embedding_dtype not in EMBEDDING_DTYPES:
             raise ConfigError("evaluator.embedding_dtype", f"expected one of {', '.join(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
         self.batch_size, self.max_tokens, self.precision, self.embedding_dtype = batch_size, max_tokens, precision, embedding_dtype
+        self.compile = compile
         self.ks = tuple(int(k) for k in ks)
         from hbt.eval.metrics import AT_K
 
@@ -107,9 +109,10 @@ class Evaluator:
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
         options = self.encode_options(encoder)
         log.info(
-            "encoding in %s (evaluator.precision=%s), batches of at most %d texts and %s tokens, embeddings as %s",
+            "encoding in %s (evaluator.precision=%s)%s, batches of at most %d texts and %s tokens, embeddings as %s",
             options["precision"],
             self.precision,
+            ", compiled (evaluator.compile)" if options["compile"] else "",
             self.batch_size,
             options["max_tokens"] or "any number of",
             self.embedding_dtype,
@@ -174,7 +177,10 @@ class Evaluator:
         if self.cache_dir is None:
             return self._encode_sharded(encoder, texts, kind, lang, progress)
         options = self.encode_options(encoder)
-        digest = hashlib.blake2b(f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}".encode(), digest_size=20)
+        compiled = "|compiled" if options["compile"] else ""  # other kernels: not bit-equal to eager's
+        digest = hashlib.blake2b(
+            f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}{compiled}".encode(), digest_size=20
+        )
         for text in texts:
             digest.update(text.encode())
             digest.update(b"\0")
@@ -194,7 +200,7 @@ class Evaluator:
         and the dtype embeddings are kept in."""
         from hbt.hardware import EMBEDDING_DTYPES, encoding
 
-        resolved = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator")
+        resolved = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "evaluator", self.compile)
         return {
             "batch_size": self.batch_size,
             **resolved,

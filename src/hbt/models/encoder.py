@@ -14,7 +14,10 @@ parameters without gradients.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,17 @@ PRECISIONS = {
     "bf16-mixed": ("autocast", torch.bfloat16),
     "fp16": ("autocast", torch.float16),
 }
+
+log = logging.getLogger(__name__)
+
+# encode(compile=True): the precisions a compiled pass runs in. Its copy of the backbone holds the weights
+# as constants (inductor's freezing: linear layers pre-packed, element-wise work fused into them), which
+# autocast over fp32 weights (bf16-mixed, fp16) would defeat.
+COMPILE_PRECISIONS = ("fp32", "bf16")
+
+# Each encoder's compiled copy of its backbone, with the key of the weights it was made from
+# (:meth:`Encoder.compiled_backbone`). Held here, not on the module, so the encoder still pickles.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 EXPORT_FILE = "hbt_encoder.json"
 Languages = str | Sequence[str] | None
@@ -162,6 +176,28 @@ def build_tiny(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, 
         pad_token_id=tokenizer.pad_token_id,
     )
     return BertModel(config, add_pooling_layer=False), tokenizer
+
+
+class _Frozen:
+    """Calls a compiled module with inductor's freezing on (it applies when the module compiles, at its
+    first call on each new shape), and turns a failure to compile into one line. Without duck shaping:
+    a first batch whose row count equals its width (64 texts of 64 tokens, under a 4096-token budget)
+    would otherwise be compiled for square batches only, and the next batch would compile again."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, **kwargs):
+        import torch._dynamo.exc
+        import torch._inductor.config
+        import torch.fx.experimental._config
+
+        try:
+            with torch._inductor.config.patch(freezing=True), torch.fx.experimental._config.patch(use_duck_shape=False):
+                return self.module(**kwargs)
+        except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError("compile", f"torch.compile could not compile this encoder ({first}); encode without compile") from None
 
 
 def _load_error(name_or_path: str, err: Exception) -> ConfigError:
@@ -381,12 +417,17 @@ class Encoder(nn.Module):
             return torch.cat(parts)[torch.argsort(order)]
         return self._embed(inputs)
 
-    def _embed(self, inputs: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def _embed(
+        self, inputs: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None, backbone: _Frozen | None = None
+    ) -> torch.Tensor:
         """``weights``: the backbone's parameters and buffers to run it with instead of its own (the
-        bf16 copies :meth:`encode` makes); its output is then pooled in fp32."""
+        bf16 copies :meth:`encode` makes); ``backbone``: a module to run instead (the compiled copy).
+        Either one's output is pooled in fp32."""
         mask = inputs["attention_mask"]
         kwargs = {"input_ids": inputs["input_ids"], "attention_mask": mask}
-        if weights is None:
+        if backbone is not None:
+            hidden = backbone(**kwargs).last_hidden_state.float()
+        elif weights is None:
             hidden = self.backbone(**kwargs).last_hidden_state
         else:
             hidden = torch.func.functional_call(self.backbone, weights, (), kwargs).last_hidden_state.float()
@@ -417,6 +458,7 @@ class Encoder(nn.Module):
         precision: str = "fp32",
         max_tokens: int | None = None,
         dtype: torch.dtype = torch.float32,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Embeddings of raw texts, in input order, as ``dtype``. The texts are tokenized first and
         batched longest first by token count (:func:`token_batches`): at most ``batch_size`` texts and,
@@ -424,11 +466,14 @@ class Encoder(nn.Module):
         little is padding. ``precision`` (:data:`PRECISIONS`: fp32; bf16, the backbone's weights cast
         for the call; bf16-mixed and fp16 under autocast; :func:`hbt.hardware.encode_precision` resolves
         auto). ``progress`` (auto, true, false: :mod:`hbt.progress`) shows texts encoded, rate and ETA.
-        ``lang`` (one for all, or one per text) is needed by language-coded tokenizers (mBART-50)."""
+        ``lang`` (one for all, or one per text) is needed by language-coded tokenizers (mBART-50).
+        ``compile`` runs the backbone through ``torch.compile`` (:meth:`compiled_backbone`; fp32 or bf16)."""
         ids = self.tokenize_compact(texts, kind, lang)
         device = next(self.parameters()).device
-        mode, low = PRECISIONS[self.runs_as(precision)]
-        weights = self.cast_backbone(low) if mode == "cast" else None
+        precision = self.runs_as(precision)
+        mode, low = PRECISIONS[precision]
+        compiled = self.compiled_backbone(precision) if compile else None
+        weights = self.cast_backbone(low) if mode == "cast" and compiled is None else None
         autocast = mode == "autocast"
         was_training = self.training
         self.eval()
@@ -437,13 +482,42 @@ class Encoder(nn.Module):
         for rows in show_progress(batches, len(texts), f"encode {kind}", progress, unit="texts", weight=len):
             batch = self.text_tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=low) if autocast else contextlib.nullcontext():
-                embeddings = self._embed({k: v.to(device) for k, v in batch.items()}, weights)
+                embeddings = self._embed({k: v.to(device) for k, v in batch.items()}, weights, compiled)
             embeddings = embeddings.to("cpu", dtype)
             if out is None:  # written in place: no list of batches and no second copy to concatenate
                 out = torch.empty((len(texts), embeddings.shape[1]), dtype=dtype)
             out[torch.tensor(rows)] = embeddings
         self.train(was_training)
         return out if out is not None else torch.empty((0, 0), dtype=dtype)
+
+    def compiled_backbone(self, precision: str) -> _Frozen:
+        """A ``torch.compile``-d copy of the backbone for inference in ``precision`` (fp32 or bf16: its
+        floating weights cast once), compiled for any batch shape and with inductor's freezing, which
+        folds the weights into the compiled code as constants (pre-packed matmuls, element-wise work
+        fused into them; docs/benchmarks.md has what it gains). The copy is made once and reused for as
+        long as the weights are the same tensors, unchanged; a training step changes them in place, and
+        the next call compiles a fresh copy (a frozen copy would go on computing with the old weights).
+        Compiling a copy first resets torch.compile's caches, which frees the previous copy's constants
+        and keeps torch from falling back to eager after its limit of recompilations."""
+        if precision not in COMPILE_PRECISIONS:
+            raise ValueError(f"compiled encoding runs in {' or '.join(COMPILE_PRECISIONS)}, not {precision}")
+        tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
+        key = (precision, tuple((id(t), t._version, t.device) for t in tensors))
+        held = _COMPILED.get(self)
+        if held is not None and held[0] == key:
+            return held[1]
+        log.info("compiling a %s copy of the backbone for encoding (first use, or its weights changed)", precision)
+        _COMPILED.pop(self, None)
+        torch.compiler.reset()
+        low = PRECISIONS[precision][1]
+        memo = {}
+        for t in tensors:  # no full-precision copy first: each tensor is cast (or shared, in fp32) as it is copied
+            value = t.detach().to(low) if low is not None and t.is_floating_point() else t.detach()
+            memo[id(t)] = nn.Parameter(value, requires_grad=False) if isinstance(t, nn.Parameter) else value
+        module = copy.deepcopy(self.backbone, memo).eval()
+        compiled = _Frozen(torch.compile(module, dynamic=True))
+        _COMPILED[self] = (key, compiled)
+        return compiled
 
     def cast_backbone(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The backbone's parameters and buffers with the floating ones cast to ``dtype`` (integer

@@ -11,6 +11,12 @@ order alternating), and prints each round's speeds and the median speed-up of th
 on a machine whose speed drifts, side-by-side pairs are what can tell two close contenders apart.
 
     python benchmarks/encode_profile.py --precision bf16 bf16-mixed --pairs 8     # about 3 minutes on 2 cores
+
+A precision with ``+compiled`` (``bf16+compiled``, ``fp32+compiled``) encodes through torch.compile
+(``evaluator.compile``); its one-off compile happens in the untimed warm-up, and its linear layers are
+inductor's fused oneDNN calls (``mkldnn::_linear_pointwise``):
+
+    python benchmarks/encode_profile.py --precision bf16+compiled bf16 --pairs 8  # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=None, help="default: evaluator.max_tokens=auto")
-    parser.add_argument("--precision", nargs="+", default=["auto"], help="fp32, bf16, bf16-mixed, fp16, auto")
+    parser.add_argument(
+        "--precision", nargs="+", default=["auto"], help="fp32, bf16, bf16-mixed, fp16, auto; fp32 and bf16 also with +compiled"
+    )
     parser.add_argument("--rows", type=int, default=10, help="operators listed")
     parser.add_argument("--pairs", type=int, default=0, help="rounds of the precisions timed against each other first")
     args = parser.parse_args()
@@ -52,11 +60,15 @@ def main() -> None:
         f"device={device} ({torch.get_num_threads()} threads), {len(texts)} texts, {sum(lengths)} tokens "
         f"({padded} once padded), max_tokens {budget}"
     )
-    precisions = [encode_precision(name, device) for name in args.precision]
+    precisions = [
+        encode_precision(name.removesuffix("+compiled"), device) + ("+compiled" if name.endswith("+compiled") else "")
+        for name in args.precision
+    ]
 
     def timed(precision: str) -> float:
         start = time.perf_counter()
-        encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=budget, precision=precision)
+        base = precision.removesuffix("+compiled")
+        encoder.encode(texts, "passage", batch_size=args.batch_size, max_tokens=budget, precision=base, compile=base != precision)
         return time.perf_counter() - start
 
     if args.pairs:
@@ -82,7 +94,7 @@ def main() -> None:
         )
         own = [(e.key, (e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total) / 1e6) for e in events]
         total = sum(seconds for _, seconds in own)
-        linear = sum(seconds for key, seconds in own if key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"))
+        linear = sum(seconds for key, seconds in own if key in ("aten::addmm", "aten::mm", "aten::matmul", "mkldnn::_linear_pointwise"))
         print(f"\nprecision {precision}: {len(texts) / wall:.1f} texts/s unprofiled; profiled operator time {total:.2f} s")
         print(
             f"  matrix multiplies (the linear layers): {linear:.2f} s ({100 * linear / total:.0f}%), {matmul_flops / linear / 1e9:.0f} GFLOP/s on their own"

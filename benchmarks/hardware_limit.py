@@ -10,9 +10,10 @@ sum over a text of L tokens; a training step counts forward and backward as 3x t
 extra work the hardware does, is not counted as useful work. The peak is the better of a square matmul
 and a linear layer of the model's own feed-forward shape; since a shared machine's speed drifts, the
 peak is measured again right before each timing of hbt's default encoding, and the fraction of the peak
-is the median of those side-by-side pairs.
+is the median of those side-by-side pairs. hbt's compiled encoding (``evaluator.compile``, opt-in) is timed
+the same way, against its own peak, after one untimed call that compiles it (``--compiled off`` skips it).
 
-    python benchmarks/hardware_limit.py --repeats 2 --train-steps 8   # about 16 minutes on 2 idle cores
+    python benchmarks/hardware_limit.py --repeats 2 --train-steps 8   # 9-16 minutes on 2 idle cores
 
 On a GPU host the same script measures the GPU (its bf16 and fp32 matmul peak, MFU of encoding and
 training, sentence-transformers on the GPU).

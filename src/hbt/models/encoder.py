@@ -495,14 +495,20 @@ class Encoder(nn.Module):
         floating weights cast once), compiled for any batch shape and with inductor's freezing, which
         folds the weights into the compiled code as constants (pre-packed matmuls, element-wise work
         fused into them; docs/benchmarks.md has what it gains). The copy is made once and reused for as
-        long as the weights are the same tensors, unchanged; a training step changes them in place, and
-        the next call compiles a fresh copy (a frozen copy would go on computing with the old weights).
+        long as the weights are the same tensors with the same values (their versions and sums); a
+        training step changes them in place, and the next call compiles a fresh copy (a frozen copy
+        would go on computing with the old weights).
         Compiling a copy first resets torch.compile's caches, which frees the previous copy's constants
         and keeps torch from falling back to eager after its limit of recompilations."""
         if precision not in COMPILE_PRECISIONS:
             raise ValueError(f"compiled encoding runs in {' or '.join(COMPILE_PRECISIONS)}, not {precision}")
         tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
-        key = (precision, tuple((id(t), t._version, t.device) for t in tensors))
+        # What the weights are, not only which tensors: the fused AdamW step (hbt's default optimizer)
+        # updates them in place without bumping their version counters, so each tensor's float64 sum is
+        # part of the key (one read of the weights per encode call, small next to encoding with them).
+        with torch.no_grad():
+            sums = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).tolist() if tensors else []
+        key = (precision, tuple((id(t), t._version, t.device) for t in tensors), tuple(sums))
         held = _COMPILED.get(self)
         if held is not None and held[0] == key:
             return held[1]

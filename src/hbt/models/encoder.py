@@ -196,13 +196,17 @@ class _Frozen:
             with torch._inductor.config.patch(freezing=True), torch.fx.experimental._config.patch(use_duck_shape=False):
                 return self.module(**kwargs)
         except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError("compile", f"torch.compile could not compile this encoder ({first}); encode without compile") from None
+            raise ConfigError(
+                "compile", f"torch.compile could not compile this encoder ({_first_line(err)}); encode without compile"
+            ) from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _load_error(name_or_path: str, err: Exception) -> ConfigError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ConfigError("model.name_or_path", f"cannot load {name_or_path!r}: {first}")
+    return ConfigError("model.name_or_path", f"cannot load {name_or_path!r}: {_first_line(err)}")
 
 
 def _encoder_class(config):

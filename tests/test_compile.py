@@ -85,13 +85,22 @@ def test_compile_with_a_precision_it_cannot_freeze_is_one_line_on_the_command_li
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-@pytest.mark.slow
-def test_mining_encodes_compiled_when_asked(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="hbt.models.encoder")
+def test_mining_encodes_compiled_when_asked(tmp_path):
+    """mine.compile reaches the encoder's compiled path (compiling itself is the tests above's: here the
+    compiled copy is the eager backbone, so the test needs no compile and still fails if mining encodes
+    eagerly or in another precision)."""
     cfg = compose_config("mine", ["mine.compile=true", "mine.precision=fp32"], tmp_path)
     encoder, miner = instantiate(cfg.model), instantiate(cfg.mine)
+    asked = []
+
+    def compiled_backbone(precision):
+        asked.append(precision)
+        return lambda **inputs: encoder.backbone(**inputs)
+
+    encoder.compiled_backbone = compiled_backbone
     texts = ["What currency is used in Japan?", "日本使用什么货币？", "Der Yen ist die Währung Japans."]
     mined = miner._encode(encoder, texts, "passage", None, progress=False)
-    assert compiles(caplog) == 1
+    assert asked == ["fp32"]
+    del encoder.compiled_backbone
     eager = encoder.encode(texts, "passage", precision="fp32").numpy()
     assert cosines(torch.from_numpy(mined), torch.from_numpy(eager)).min() >= 1 - 1e-5

@@ -89,6 +89,29 @@ def test_export_loads_in_sentence_transformers_with_the_same_embeddings(tmp_path
     torch.testing.assert_close(reloaded.encode(TEXTS, "query"), encoder.encode(TEXTS, "query"))
 
 
+def test_pad_right_pads_lists_and_cached_arrays_alike():
+    """The batch-at-once padding against the row-by-row definition, for the token cache's int32 arrays
+    and for lists, with an empty row, one row and no rows."""
+    import numpy as np
+
+    encoder = Encoder(tiny=TINY).eval()
+    tt = encoder.text_tokenizer
+    pad_id = tt.tokenizer.pad_token_id
+    rows = [[5, 6, 7], [8], [], [9, 10, 11, 12, 13], [14, 15]]
+    width = 5
+    expected_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+    expected_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    for given in (rows, [np.asarray(row, dtype=np.int32) for row in rows]):
+        out = tt.pad(given)
+        assert out["input_ids"].dtype == out["attention_mask"].dtype == torch.long
+        assert torch.equal(out["input_ids"], expected_ids) and torch.equal(out["attention_mask"], expected_mask)
+    assert tt.pad([[3, 4]])["input_ids"].tolist() == [[3, 4]]
+    assert tt.pad([])["input_ids"].shape == (0, 0) and tt.pad([[]])["input_ids"].shape == (1, 0)
+    # the padding is masked out: a padded row embeds as it does alone
+    with torch.no_grad():
+        assert torch.allclose(encoder(tt.pad([[5, 6, 7], [8, 9, 10, 11, 12]]))[0], encoder(tt.pad([[5, 6, 7]]))[0], atol=1e-5)
+
+
 def test_unknown_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.name_or_path: cannot load"):
         Encoder(name_or_path=str(tmp_path / "no-such-model"))

@@ -152,15 +152,21 @@ class TextTokenizer:
         if self.languages is not None:
             self.languages.check(languages)
 
-    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        lengths = [len(row) for row in ids]
-        width = max(lengths, default=0)
-        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Rows of token ids (lists or the token cache's int32 arrays), right-padded to the longest. One
+        array operation for the whole batch, not one per row: on a GPU, encoding is bound by such host
+        work (docs/benchmarks.md, "On a GPU")."""
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        width = int(lengths.max(initial=0))
+        input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.arange(width) < lengths[:, None]
+        if width:  # the mask's True cells, row-major, are the rows' tokens in order
+            input_ids[attention_mask] = (
+                np.concatenate(ids)
+                if isinstance(ids[0], np.ndarray)
+                else np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum()))
+            )
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
 
 
 def build_tiny(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, intermediate_size: int = 512, max_positions: int = 256):

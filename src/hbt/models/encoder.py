@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import weakref
@@ -164,7 +165,7 @@ class TextTokenizer:
             input_ids[attention_mask] = (
                 np.concatenate(ids)
                 if isinstance(ids[0], np.ndarray)
-                else np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum()))
+                else np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
             )
         return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
 

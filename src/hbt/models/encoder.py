@@ -155,8 +155,8 @@ class TextTokenizer:
 
     def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Rows of token ids (lists or the token cache's int32 arrays), right-padded to the longest. One
-        array operation for the whole batch, not one per row: on a GPU, encoding is bound by such host
-        work (docs/benchmarks.md, "On a GPU")."""
+        array operation for the whole batch, not one per row: on a GPU, a small model's encoding is bound
+        by host work like this (docs/benchmarks.md, "On a GPU")."""
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         width = int(lengths.max(initial=0))
         input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, dtype=np.int64)

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from common import make_encoder
-from hardware_limit import forward_flops, matmul_peak, xquad_r_texts
+from hardware_limit import forward_flops, matmul_peak, timed, xquad_r_texts
 from torch.profiler import ProfilerActivity, profile
 
 from hbt.hardware import encode_precision, token_budget
@@ -63,12 +62,6 @@ def host_work(encoder, texts: list[str], batch_size: int, budget: int) -> None:
         f"host work per pass ({len(batches)} batches): tokenizing {tokenize:.3f} s, padding {pad:.4f} s "
         f"(row by row, as before: {pad_before:.4f} s, {pad_before / pad:.1f}x)"
     )
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

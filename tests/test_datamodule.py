@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,54 @@ def test_in_memory_items_are_saved_once_and_memory_mapped(tmp_path, monkeypatch)
     other = toy_items("validation", ["en", "de"])
     assert ItemStore.from_items(other, languages_of(other)).persisted().table[:]["p.de"][:3] == [i.passages["de"] for i in other[:3]]
     assert len(list((tmp_path / "cache" / "hbt").iterdir())) == 2  # other content, other file
+
+
+def test_cells_equal_whole_row_reads_across_chunks_views_nulls_and_negatives(tmp_path, monkeypatch):
+    """The batch path reads single cells from the Arrow chunks' buffers; the definition is the whole rows
+    as Python values (``ItemStore.rows``). Checked on tables of several chunks, on selected and shuffled
+    views of them (datasets' indices mapping), with missing languages and uneven hard negatives, for the
+    texts and for the token cache, and after pickling (what a DataLoader worker gets)."""
+    import pickle
+    import random
+
+    import datasets
+
+    from hbt.data.store import ItemStore
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    langs = ["de", "en", "ru"]
+    rng = random.Random(0)
+
+    def item(i: int) -> ParallelItem:
+        present = [lang for lang in langs if lang == "en" or rng.random() < 0.7]
+        negatives = {lang: tuple(f"neg {lang} {i} {k}" for k in range(rng.randrange(3))) for lang in present}
+        return ParallelItem(
+            str(i), {lang: f"q {lang} {i}" * (1 + i % 4) for lang in present}, {lang: f"p {lang} {i}" for lang in present}, negatives
+        )
+
+    parts = [ItemStore.from_items([item(i) for i in range(start, start + 40)], langs).table for start in (0, 40, 80)]
+    texts = ItemStore(datasets.concatenate_datasets(parts), langs)
+    tokenizer = Encoder(tiny=TINY).text_tokenizer
+    tokens = ItemStore(datasets.concatenate_datasets([ItemStore(part, langs).tokenized(tokenizer).table for part in parts]), langs)
+    for store in (texts, tokens):
+        assert store.table.data.table.column("q.en").num_chunks > 1, "the test needs rows in several chunks"
+        views = [store, ItemStore(store.table.select(range(119, -1, -2)), langs), ItemStore(store.table.shuffle(seed=1), langs)]
+        views.append(pickle.loads(pickle.dumps(views[-1])))
+        for view in views:
+            rows = rng.sample(range(len(view)), 30) + [0, len(view) - 1, 0]
+            picks = [rng.choice(langs) for _ in rows]
+            whole = view.rows(rows)
+            for kind in ("q", "p", "n"):
+                got = view.cells(kind, rows, picks)
+                want = [whole[f"{kind}.{lang}"][i] for i, lang in enumerate(picks)]
+                # the draw covers missing cells (texts) or rows without negatives, and present ones
+                assert any(not w for w in want) and any(w for w in want)
+                assert [plain(g) for g in got] == want
+        assert views[0]._views and not pickle.loads(pickle.dumps(views[0]))._views  # workers get no copies of views
+
+
+def plain(value):
+    """numpy arrays (token ids) as lists, at any depth, to compare with the rows' Python values."""
+    if isinstance(value, (list, np.ndarray)):
+        return [plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value

@@ -32,25 +32,23 @@ class PairDataset(Dataset):
         return self.__getitems__([ref])[0]
 
     def __getitems__(self, refs: list[PairRef]) -> list[dict]:
-        """A whole batch from one Arrow take."""
-        rows = self.store.rows([ref.item for ref in refs])
-        examples = []
-        for i, ref in enumerate(refs):
-            example = {
-                "query": rows[f"q.{ref.query_lang}"][i],
-                "passage": rows[f"p.{ref.passage_lang}"][i],
-                "query_lang": ref.query_lang,
-                "passage_lang": ref.passage_lang,
-            }
-            if self.num_hard_negatives:
-                negatives = rows[f"n.{ref.passage_lang}"][i] or []
+        """A whole batch, from the cells its pairs use (:meth:`ItemStore.cells`), not whole rows."""
+        rows = [ref.item for ref in refs]
+        query_langs, passage_langs = [ref.query_lang for ref in refs], [ref.passage_lang for ref in refs]
+        queries, passages = self.store.cells("q", rows, query_langs), self.store.cells("p", rows, passage_langs)
+        examples = [
+            {"query": query, "passage": passage, "query_lang": ref.query_lang, "passage_lang": ref.passage_lang}
+            for ref, query, passage in zip(refs, queries, passages)
+        ]
+        if self.num_hard_negatives:
+            for ref, example, negatives in zip(refs, examples, self.store.cells("n", rows, passage_langs)):
+                negatives = negatives if negatives is not None else []
                 if len(negatives) < self.num_hard_negatives:
                     raise DataError(
-                        f"item {rows['id'][i]}",
+                        f"item {self.store.rows([ref.item])['id'][0]}",
                         f"{len(negatives)} hard negatives in {ref.passage_lang!r}, data.num_hard_negatives={self.num_hard_negatives}",
                     )
                 example["negatives"] = list(negatives[: self.num_hard_negatives])
-            examples.append(example)
         return examples
 
 

@@ -9,6 +9,7 @@ and every other rank memory-maps what it built.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from datasets.fingerprint import Hasher
 
 from hbt.data.schema import ParallelItem
@@ -91,6 +93,13 @@ class ItemStore:
     def __init__(self, table: datasets.Dataset, languages: Sequence[str]):
         self.table = table
         self.languages = sorted(languages)
+        # For :meth:`cells`, per column: the first row of each Arrow chunk; per chunk read, its view.
+        self._chunk_bounds: dict[str, list[int]] = {}
+        self._views: dict[tuple[str, int], np.ndarray | _Lists | _Scalars] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickled (to DataLoader workers) without the views :meth:`cells` keeps: they would be copied."""
+        return {**self.__dict__, "_chunk_bounds": {}, "_views": {}}
 
     @classmethod
     def from_items(cls, items: Iterable[ParallelItem], languages: Sequence[str]) -> ItemStore:
@@ -141,8 +150,34 @@ class ItemStore:
         return [tuple(lang for lang, ok in zip(self.languages, row) if ok) for row in mask]
 
     def rows(self, indices: Sequence[int]) -> dict[str, list]:
-        """Columns of the given rows (one Arrow take, not one lookup per row)."""
+        """Every column of the given rows, as Python values (one Arrow take, not one lookup per row)."""
         return self.table[list(indices)]
+
+    def cells(self, kind: str, indices: Sequence[int], langs: Sequence[str]) -> list:
+        """The ``kind`` column (``q``, ``p`` or ``n``) of row ``indices[i]`` in language ``langs[i]``, in
+        that order. A training batch needs two of the table's 3 × languages columns; converting whole
+        rows to Python (:meth:`rows`) cost 10-11 ms a batch of 32 at 14 languages, against 0.4-1 ms for
+        this, host time in series with every training step (docs/benchmarks.md, "Fetching a batch"). Token ids come back as int32 numpy arrays that view the
+        memory-mapped table (the collator copies them once, into the padded batch; hard negatives: a list
+        of them per row), texts as strings, a missing value as None."""
+        if len(indices) != len(langs):
+            raise ValueError(f"{len(indices)} rows but {len(langs)} languages")
+        positions = np.asarray(indices, dtype=np.int64)
+        if self.table._indices is not None:  # a selected/shuffled view: map to the rows of the Arrow table
+            positions = self.table._indices.column(0).to_numpy()[positions]
+        out = []
+        for position, lang in zip(positions.tolist(), langs):
+            name = f"{kind}.{lang}"
+            bounds = self._chunk_bounds.get(name)
+            if bounds is None:
+                lengths = [len(chunk) for chunk in self.table.data.table.column(name).chunks]
+                bounds = self._chunk_bounds[name] = np.cumsum([0, *lengths]).tolist()
+            chunk = bisect.bisect_right(bounds, position) - 1
+            view = self._views.get((name, chunk))
+            if view is None:
+                view = self._views[name, chunk] = _view(self.table.data.table.column(name).chunk(chunk))
+            out.append(view[position - bounds[chunk]])
+        return out
 
     def tokenized(self, text_tokenizer, workers: int | None = None) -> ItemStore:
         """The same table with every text replaced by its token ids (prefix added, truncated).
@@ -207,3 +242,42 @@ class ItemStore:
             passages={lang: row[f"p.{lang}"] for lang in self.languages if row[f"p.{lang}"] is not None},
             hard_negatives={lang: tuple(row[f"n.{lang}"]) for lang in self.languages if row[f"n.{lang}"]},
         )
+
+
+class _Lists:
+    """One Arrow chunk of lists of integers (or of lists of those) as numpy views of its buffers, no copy:
+    item ``i`` is a slice of the values between two offsets (a list of such slices when nested), None
+    where the chunk holds a null."""
+
+    def __init__(self, chunk: pa.Array):
+        self.offsets = chunk.offsets.to_numpy()  # positions in ``values`` (which ignores a slice's start)
+        self.valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else None
+        self.values = _view(chunk.values)
+
+    def __getitem__(self, i: int):
+        if self.valid is not None and not self.valid[i]:
+            return None
+        start, end = self.offsets[i], self.offsets[i + 1]
+        if isinstance(self.values, np.ndarray):
+            return self.values[start:end]
+        return [self.values[k] for k in range(start, end)]
+
+
+class _Scalars:
+    """Any other Arrow chunk (texts, lists of texts): item ``i`` as a Python value."""
+
+    def __init__(self, chunk: pa.Array):
+        self.chunk = chunk
+
+    def __getitem__(self, i: int):
+        return self.chunk[i].as_py()
+
+
+def _view(chunk: pa.Array):
+    """How :meth:`ItemStore.cells` reads one chunk: integers as a numpy array, lists of integers (at any
+    depth) as :class:`_Lists`, the rest through Python."""
+    if pa.types.is_integer(chunk.type) and not chunk.null_count:
+        return chunk.to_numpy()
+    if pa.types.is_list(chunk.type) and not isinstance(_view(chunk.values[:0]), _Scalars):
+        return _Lists(chunk)
+    return _Scalars(chunk)

@@ -136,6 +136,25 @@ def is_fsdp(trainer_cfg: DictConfig) -> bool:
     return strategy is not None and "fsdp" in str(strategy.get("_target_", "")).lower()
 
 
+def training_compile(cfg: DictConfig) -> str | None:
+    """``compile`` (conf/train.yaml) as a torch.compile mode for the training step, or None when off."""
+    from hbt.models.encoder import TRAINING_COMPILE_MODES
+
+    value = cfg.get("compile", False)
+    if value is False or value is None:
+        return None
+    mode = "default" if value is True else value
+    if mode not in TRAINING_COMPILE_MODES:
+        raise ConfigError("compile", f"expected true, false or one of {', '.join(TRAINING_COMPILE_MODES)}; got {value!r}")
+    if is_fsdp(cfg.trainer):
+        raise ConfigError(
+            "compile",
+            "not supported with trainer=fsdp: FSDP gathers and frees each layer's weights inside its own forward, "
+            "which a compiled backbone would cut through; set compile=false or use trainer=ddp",
+        )
+    return mode
+
+
 def check_fsdp(cfg: DictConfig) -> None:
     if not is_fsdp(cfg.trainer):
         return

@@ -29,7 +29,7 @@ from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.grad_cache import GradCache
-from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision
+from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision, training_compile
 from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
@@ -53,6 +53,7 @@ def check_values(cfg: DictConfig) -> tuple[InfoNCELoss, GradCache | None]:
     loss = instantiate(cfg.loss)  # temperature
     grad_cache = GradCache.from_config(cfg)  # chunk size
     check_fsdp(cfg)
+    training_compile(cfg)
     name = cfg.get("optimized_metric")
     if name is not None:
         parts = str(name).split("/")
@@ -89,6 +90,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     check_fits_cpu(cfg)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
+    compile_mode = training_compile(cfg)
+    if compile_mode is not None:
+        log.info("training steps run the backbone through torch.compile (mode %s; compile)", compile_mode)
+        encoder.compile_for_training(compile_mode)
     module = RetrieverModule(
         encoder,
         loss,

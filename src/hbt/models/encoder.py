@@ -57,6 +57,11 @@ COMPILE_PRECISIONS = ("fp32", "bf16")
 # Each encoder's compiled copy of its backbone, with the key of the weights it was made from
 # (:meth:`Encoder.compiled_backbone`). Held here, not on the module, so the encoder still pickles.
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Each encoder's torch.compile-d backbone for training steps (:meth:`Encoder.compile_for_training`): the
+# same module and weights, so nothing is registered twice in the state dict; held here for the same reason.
+_TRAINING_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The training step's compile setting (``compile`` in conf/train.yaml): true is inductor's default mode.
+TRAINING_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 EXPORT_FILE = "hbt_encoder.json"
 Languages = str | Sequence[str] | None
@@ -206,6 +211,20 @@ class _Frozen:
             raise ConfigError(
                 "compile", f"torch.compile could not compile this encoder ({_first_line(err)}); encode without compile"
             ) from None
+
+
+def _compiled_call(module, kwargs: dict, instead: str):
+    """A compiled module's output, a failure to compile turned into one line naming the setting to change.
+    Without duck shaping, as :class:`_Frozen`: a batch of as many rows as tokens would otherwise compile
+    for square batches only."""
+    import torch._dynamo.exc
+    import torch.fx.experimental._config
+
+    try:
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return module(**kwargs)
+    except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
+        raise ConfigError("compile", f"torch.compile could not compile this encoder ({_first_line(err)}); set {instead}") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -439,7 +458,8 @@ class Encoder(nn.Module):
         if backbone is not None:
             hidden = backbone(**kwargs).last_hidden_state.float()
         elif weights is None:
-            hidden = self.backbone(**kwargs).last_hidden_state
+            compiled = _TRAINING_COMPILED.get(self) if self.training else None
+            hidden = (self.backbone(**kwargs) if compiled is None else _compiled_call(compiled, kwargs, "compile=false")).last_hidden_state
         else:
             hidden = torch.func.functional_call(self.backbone, weights, (), kwargs).last_hidden_state.float()
         pooled = self.pool(hidden, mask)
@@ -535,6 +555,17 @@ class Encoder(nn.Module):
         compiled = _Frozen(torch.compile(module, dynamic=True))
         _COMPILED[self] = (key, compiled)
         return compiled
+
+    def compile_for_training(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Run the backbone through ``torch.compile`` in training mode (forward and backward: fused
+        element-wise work, fewer kernel launches); evaluation (``eval()`` mode, :meth:`encode`) stays
+        eager, or takes :meth:`compiled_backbone` with ``evaluator.compile``. The compiled module wraps
+        this backbone, weights and all, so optimizers, DDP's gradient hooks and checkpoints see the same
+        parameters. It compiles once, at the first training step, for any batch shape (batches are padded
+        to their longest text, so their widths vary)."""
+        if mode not in TRAINING_COMPILE_MODES:
+            raise ConfigError("compile", f"expected true, false or one of {', '.join(TRAINING_COMPILE_MODES)}; got {mode!r}")
+        _TRAINING_COMPILED[self] = torch.compile(self.backbone, mode=None if mode == "default" else mode, backend=backend, dynamic=True)
 
     def cast_backbone(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The backbone's parameters and buffers with the floating ones cast to ``dtype`` (integer

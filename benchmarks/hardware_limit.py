@@ -11,7 +11,8 @@ extra work the hardware does, is not counted as useful work. The peak is the bet
 and a linear layer of the model's own feed-forward shape; since a shared machine's speed drifts, the
 peak is measured again right before each timing of hbt's default encoding, and the fraction of the peak
 is the median of those side-by-side pairs. hbt's compiled encoding (``evaluator.compile``, opt-in) is timed
-the same way, against its own peak, after one untimed call that compiles it (``--compiled off`` skips it).
+the same way, against its own peak, after one untimed call that compiles it (``--compiled off`` skips it);
+hbt's compiled training (``compile=true``, opt-in) is a fourth trainer, on GPUs (``--train-compiled``).
 
     python benchmarks/hardware_limit.py --repeats 2 --train-steps 8   # 9-16 minutes on 2 idle cores
 
@@ -41,6 +42,7 @@ GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
     "hbt train (default) / ST train (default)": 1.4,
     "hbt encode (default) / bf16 matmul peak": 0.5,
     "hbt encode (compiled, opt-in) / bf16 matmul peak": 0.5,
+    "hbt train (compile=true, opt-in) / ST train (default)": 1.4,
 }
 
 
@@ -129,6 +131,12 @@ def main() -> None:
     parser.add_argument(
         "--compiled", choices=["on", "off"], default="on", help="also time hbt's compiled encoding (evaluator.compile; compiles once first)"
     )
+    parser.add_argument(
+        "--train-compiled",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also time hbt's training with compile=true (auto: on a GPU; on this CPU it gained nothing, docs/benchmarks.md)",
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
@@ -197,6 +205,10 @@ def main() -> None:
         ),
         "ST train (bf16)": lambda: train_throughput.sentence_transformers(SimpleNamespace(**{**vars(train_args), "st_bf16": True})),
     }
+    compiled_train = f"hbt train ({train_args.precision}, compile=true, opt-in)"
+    if args.train_compiled == "on" or (args.train_compiled == "auto" and device.type == "cuda"):
+        # It compiles in the 2 untimed warm-up steps of each repeat (inductor's cache makes the later ones quick).
+        trainers[compiled_train] = lambda: train_throughput.hbt_lightning(SimpleNamespace(**{**vars(train_args), "compile": "default"}))
 
     peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
@@ -298,6 +310,8 @@ def main() -> None:
         "hbt train (default) / ST train (default)": hbt_train / train["ST train (default: fp32)"],
         "hbt encode (default) / bf16 matmul peak": statistics.median(peak_fraction),
     }
+    if compiled_train in train:
+        measured["hbt train (compile=true, opt-in) / ST train (default)"] = train[compiled_train] / train["ST train (default: fp32)"]
     if paired[compiled_name]:
         measured["hbt encode (compiled, opt-in) / bf16 matmul peak"] = statistics.median(paired[compiled_name])
         print(f"\nhbt encode compiled / default (same run, medians): {enc[compiled_name] / hbt_enc:.2f}x")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -93,7 +94,8 @@ class StepTimer(L.Callback):
 
 def hbt_setup(args, callbacks: list) -> tuple:
     """hbt's real path, ready to fit: ParallelDataModule + RetrieverModule under lightning.Trainer (in
-    ``args.precision`` where given, else 32-true), with ``callbacks``."""
+    ``args.precision`` where given, else 32-true; the backbone compiled with ``args.compile``, a mode, where
+    given), with ``callbacks``."""
     from functools import partial
 
     from hbt.loss import InfoNCELoss
@@ -101,6 +103,8 @@ def hbt_setup(args, callbacks: list) -> tuple:
 
     torch.manual_seed(0)
     encoder = make_encoder(args.model, args.max_length)
+    if getattr(args, "compile", None):  # train.py's compile=true: compiles at the first (warm-up) step
+        encoder.compile_for_training(args.compile)
     module = RetrieverModule(
         encoder,
         InfoNCELoss(0.05),
@@ -201,8 +205,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved; the median is reported")
     parser.add_argument("--skip-st", action="store_true")
+    parser.add_argument("--precision", default="32-true", help="hbt's trainer.precision (the plain loop runs in fp32)")
+    parser.add_argument(
+        "--compile", dest="with_compiled", action="store_true", help="also time hbt with compile=true (it compiles in the warm-up steps)"
+    )
     args = parser.parse_args()
     runs = {"plain PyTorch loop": plain_loop, "hbt (Lightning)": hbt_lightning}
+    if args.with_compiled:
+        runs["hbt, compile=true"] = lambda a: hbt_lightning(SimpleNamespace(**{**vars(a), "compile": "default"}))
     if not args.skip_st:
         runs["sentence-transformers"] = sentence_transformers
     samples = {name: [] for name in runs}
@@ -212,13 +222,16 @@ def main() -> None:
     results = {name: statistics.median(values) for name, values in samples.items()}
     base = results["plain PyTorch loop"]
     print(
-        f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} timed steps={args.steps} repeats={args.repeats} threads={torch.get_num_threads()}"
+        f"\nmodel={args.model} batch={args.batch_size} max_length={args.max_length} timed steps={args.steps} repeats={args.repeats} "
+        f"threads={torch.get_num_threads()} hbt precision={args.precision}"
     )
     for name, values in samples.items():
         print(f"  {name}: " + ", ".join(f"{v:.2f}" for v in values))
     print(f"{'run':<24}{'pairs/s':>10}{'vs plain':>10}")
     for name, value in results.items():
         print(f"{name:<24}{value:>10.2f}{value / base:>10.3f}")
+    if args.with_compiled:
+        print(f"hbt compile=true / hbt eager: {results['hbt, compile=true'] / results['hbt (Lightning)']:.3f}")
     print(f"hbt framework overhead vs plain loop: {100 * (1 - results['hbt (Lightning)'] / base):+.1f}%")
     step_ms = {name: 1000 * args.batch_size / value for name, value in results.items()}
     print(

@@ -106,48 +106,6 @@ def test_mining_encodes_compiled_when_asked(tmp_path):
     assert cosines(torch.from_numpy(mined), torch.from_numpy(eager)).min() >= 1 - 1e-5
 
 
-def test_compiled_training_step_equals_eager_and_leaves_the_state_dict_alone():
-    """``compile`` (conf/train.yaml): the training forward and backward through torch.compile give the eager
-    embeddings and gradients; evaluation (eval mode) stays eager; nothing is registered twice. The graph
-    is captured and differentiated by dynamo and AOTAutograd as in training; ``aot_eager`` runs it without
-    inductor's code generation, which the DDP run of tests/test_families.py does for real."""
-    import torch._dynamo.utils
-
-    from hbt.models.encoder import Encoder
-
-    torch.manual_seed(0)
-    encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64})
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0  # the same masks in both: inductor draws its own random numbers
-    keys = list(encoder.state_dict())
-    texts = ["What currency is used in Japan?", "日本使用什么货币？", "Der Yen ist die Währung Japans.", "x"]
-    batches = [encoder.text_tokenizer(texts, "query"), encoder.text_tokenizer(texts[:3] * 2, "passage")]  # two shapes
-
-    def step(batch):
-        encoder.zero_grad()
-        out = encoder(batch)
-        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
-        return out.detach(), [p.grad.clone() for p in encoder.parameters()]
-
-    eager = [step(batch) for batch in batches]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    encoder.compile_for_training("default", backend="aot_eager")
-    compiled = [step(batch) for batch in batches]
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the compiled module ran
-    for (out, grads), (want, want_grads) in zip(compiled, eager):
-        assert torch.allclose(out, want, atol=1e-6)
-        assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(grads, want_grads))
-    assert list(encoder.state_dict()) == keys
-
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    encoder.encode(texts, "passage", precision="fp32")  # eval mode: the eager backbone, nothing compiled
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    with pytest.raises(ConfigError, match=r"^config error: compile: expected true, false or one of default, reduce-overhead"):
-        encoder.compile_for_training("fast")
-
-
 def test_training_compile_setting_is_checked_before_training(make_cfg):
     from hbt.hardware import training_compile
 

@@ -216,13 +216,14 @@ class _Frozen:
 def _compiled_call(module, kwargs: dict, instead: str):
     """A compiled module's output, a failure to compile turned into one line naming the setting to change.
     Without duck shaping, as :class:`_Frozen`: a batch of as many rows as tokens would otherwise compile
-    for square batches only."""
+    for square batches only. The inputs are made contiguous: GradCache's chunks are views cut to their own
+    longest row, whose strides would otherwise compile the backbone a second time."""
     import torch._dynamo.exc
     import torch.fx.experimental._config
 
     try:
         with torch.fx.experimental._config.patch(use_duck_shape=False):
-            return module(**kwargs)
+            return module(**{name: value.contiguous() for name, value in kwargs.items()})
     except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
         raise ConfigError("compile", f"torch.compile could not compile this encoder ({_first_line(err)}); set {instead}") from None
 

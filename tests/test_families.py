@@ -247,11 +247,9 @@ DDP_FAMILIES = [family for family in FAMILIES if family != "me5"]
 @pytest.mark.parametrize("family", DDP_FAMILIES)
 def test_family_trains_under_ddp_exports_reloads_and_evaluates(family, family_dirs, tmp_path):
     """The user's path, per family: 3 steps under trainer=ddp_cpu (2 processes, no find_unused_parameters),
-    the export, then evaluate.py on the exported directory giving the training run's own results. mBERT's
-    run trains with ``compile=true``: inductor compiles the training step on both ranks, under DDP."""
+    the export, then evaluate.py on the exported directory giving the training run's own results."""
     option, path = FAMILIES[family], family_dirs[family]
     common = [f"model={option}", "logger=csv", f"eval.toy.languages={DDP_LANGS}"]
-    compiled = ["compile=true"] if family == "bert" else []
     train = run_cli(
         "train.py",
         *common,
@@ -262,12 +260,8 @@ def test_family_trains_under_ddp_exports_reloads_and_evaluates(family, family_di
         f"data.train.languages={DDP_LANGS}",
         "callbacks.retrieval_eval.at_epoch_end=false",
         f"hydra.run.dir={tmp_path / 'train'}",
-        *compiled,
-        env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")},
     )
     assert train.returncode == 0, train.stderr[-3000:]
-    # inductor's generated code for the training step (forward and backward) lands in its cache
-    assert bool(list((tmp_path / "inductor").rglob("*.py"))) == bool(compiled)
     assert torch.load(tmp_path / "train" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     assert "train/epoch_mono_pair_share" in (tmp_path / "train" / "csv" / "metrics.csv").read_text()  # the ranks' epoch-end statistics
     check_results_shape(json.loads((tmp_path / "train" / "results.json").read_text()), "toy", languages=len(LANGS))

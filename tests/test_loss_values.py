@@ -140,7 +140,7 @@ def test_compiled_training_passes_match_eager_through_grad_cache():
     of the eager whole batch; the state dict is unchanged and evaluation stays eager. ``aot_eager`` here
     (dynamo's capture and AOTAutograd, eager kernels); with inductor's generated code (its own random
     numbers) and both encoders compiled, the same check gave a largest gradient difference of 1.0e-6 and
-    failed without the replay, by hand (67 s: not in CI). Inductor under DDP: tests/test_families.py."""
+    failed without the replay, by hand (67 s: not in CI). Inductor under DDP: docs/models.md."""
     import torch._dynamo
     import torch._dynamo.utils
 

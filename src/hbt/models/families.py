@@ -48,8 +48,17 @@ def _sizes(hidden: int, layers: int) -> dict:
     return {"hidden": hidden, "layers": layers, "heads": max(1, hidden // 16), "ffn": hidden * 4}
 
 
-def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """Write one family's random-init model and tokenizer to ``out``; returns ``out``."""
+def build(
+    family: str,
+    out: str | Path,
+    tokenizer_source: str | Path,
+    hidden: int = 32,
+    layers: int = 2,
+    seed: int = 0,
+    tokenizers: dict | None = None,
+) -> Path:
+    """Write one family's random-init model and tokenizer to ``out``; returns ``out``. ``tokenizers``: the
+    tokenizers already built from ``tokenizer_source`` (keyed mbart50 / xlmr), reused and added to."""
     from transformers import (
         BertConfig,
         BertModel,
@@ -66,7 +75,11 @@ def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: in
     out = Path(out)
     torch.manual_seed(seed)
     s = _sizes(hidden, layers)
-    tok = mbart50_tokenizer(tokenizer_source) if family == "mbart50" else xlmr_tokenizer(tokenizer_source)
+    kind = "mbart50" if family == "mbart50" else "xlmr"
+    tokenizers = {} if tokenizers is None else tokenizers
+    if kind not in tokenizers:  # loading the 250k-piece tokenizer is most of a small family's build
+        tokenizers[kind] = mbart50_tokenizer(tokenizer_source) if kind == "mbart50" else xlmr_tokenizer(tokenizer_source)
+    tok = tokenizers[kind]
     vocab, pad = len(tok), tok.pad_token_id
     bert_like = {
         "vocab_size": vocab,
@@ -133,8 +146,8 @@ def build(family: str, out: str | Path, tokenizer_source: str | Path, hidden: in
 
 
 def build_all(root: str | Path, tokenizer_source: str | Path, families=tuple(FAMILIES), **sizes) -> dict[str, Path]:
-    root = Path(root)
-    return {family: build(family, root / family, tokenizer_source, **sizes) for family in families}
+    root, tokenizers = Path(root), {}
+    return {family: build(family, root / family, tokenizer_source, tokenizers=tokenizers, **sizes) for family in families}
 
 
 def main() -> None:

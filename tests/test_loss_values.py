@@ -134,6 +134,7 @@ def test_grad_cache_replays_the_rng_so_dropout_masks_match_with_dropout_on():
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_training_passes_match_eager_through_grad_cache():
     """compile=true (``Encoder.compile_for_training``) with GradCache: its no-grad pass and its pass with
     gradients go through the compiled backbone, with the RNG replayed between them, and give the gradients

@@ -138,15 +138,10 @@ def is_fsdp(trainer_cfg: DictConfig) -> bool:
 
 def training_compile(cfg: DictConfig) -> str | None:
     """``compile`` (conf/train.yaml) as a torch.compile mode for the training step, or None when off."""
-    from hbt.models.encoder import TRAINING_COMPILE_MODES
+    from hbt.models.encoder import training_compile_mode
 
-    value = cfg.get("compile", False)
-    if value is False or value is None:
-        return None
-    mode = "default" if value is True else value
-    if mode not in TRAINING_COMPILE_MODES:
-        raise ConfigError("compile", f"expected true, false or one of {', '.join(TRAINING_COMPILE_MODES)}; got {value!r}")
-    if is_fsdp(cfg.trainer):
+    mode = training_compile_mode(cfg.get("compile", False))
+    if mode is not None and is_fsdp(cfg.trainer):
         raise ConfigError(
             "compile",
             "not supported with trainer=fsdp: FSDP gathers and frees each layer's weights inside its own forward, "

@@ -63,6 +63,17 @@ _TRAINING_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # The training step's compile setting (``compile`` in conf/train.yaml): true is inductor's default mode.
 TRAINING_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+
+def training_compile_mode(value) -> str | None:
+    """``compile`` (conf/train.yaml) as a torch.compile mode, None when off; anything else is one line."""
+    if value is False or value is None:
+        return None
+    mode = "default" if value is True else value
+    if mode not in TRAINING_COMPILE_MODES:
+        raise ConfigError("compile", f"expected true, false or one of {', '.join(TRAINING_COMPILE_MODES)}; got {value!r}")
+    return mode
+
+
 EXPORT_FILE = "hbt_encoder.json"
 Languages = str | Sequence[str] | None
 
@@ -192,31 +203,23 @@ def build_tiny(hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4, 
 
 class _Frozen:
     """Calls a compiled module with inductor's freezing on (it applies when the module compiles, at its
-    first call on each new shape), and turns a failure to compile into one line. Without duck shaping:
-    a first batch whose row count equals its width (64 texts of 64 tokens, under a 4096-token budget)
-    would otherwise be compiled for square batches only, and the next batch would compile again."""
+    first call on each new shape); :func:`_compiled_call` does the rest."""
 
     def __init__(self, module):
         self.module = module
 
     def __call__(self, **kwargs):
-        import torch._dynamo.exc
         import torch._inductor.config
-        import torch.fx.experimental._config
 
-        try:
-            with torch._inductor.config.patch(freezing=True), torch.fx.experimental._config.patch(use_duck_shape=False):
-                return self.module(**kwargs)
-        except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
-            raise ConfigError(
-                "compile", f"torch.compile could not compile this encoder ({_first_line(err)}); encode without compile"
-            ) from None
+        with torch._inductor.config.patch(freezing=True):
+            return _compiled_call(self.module, kwargs, "encode without compile")
 
 
 def _compiled_call(module, kwargs: dict, instead: str):
-    """A compiled module's output, a failure to compile turned into one line naming the setting to change.
-    Without duck shaping, as :class:`_Frozen`: a batch of as many rows as tokens would otherwise compile
-    for square batches only. The inputs are made contiguous: GradCache's chunks are views cut to their own
+    """A compiled module's output, a failure to compile turned into one line ending in ``instead`` (what to
+    change). Without duck shaping: a first batch whose row count equals its width (64 texts of 64 tokens,
+    under a 4096-token budget) would otherwise be compiled for square batches only, and the next batch
+    would compile again. The inputs are made contiguous: GradCache's chunks are views cut to their own
     longest row, whose strides would otherwise compile the backbone a second time."""
     import torch._dynamo.exc
     import torch.fx.experimental._config
@@ -225,7 +228,7 @@ def _compiled_call(module, kwargs: dict, instead: str):
         with torch.fx.experimental._config.patch(use_duck_shape=False):
             return module(**{name: value.contiguous() for name, value in kwargs.items()})
     except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
-        raise ConfigError("compile", f"torch.compile could not compile this encoder ({_first_line(err)}); set {instead}") from None
+        raise ConfigError("compile", f"torch.compile could not compile this encoder ({_first_line(err)}); {instead}") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -460,7 +463,9 @@ class Encoder(nn.Module):
             hidden = backbone(**kwargs).last_hidden_state.float()
         elif weights is None:
             compiled = _TRAINING_COMPILED.get(self) if self.training else None
-            hidden = (self.backbone(**kwargs) if compiled is None else _compiled_call(compiled, kwargs, "compile=false")).last_hidden_state
+            hidden = (
+                self.backbone(**kwargs) if compiled is None else _compiled_call(compiled, kwargs, "set compile=false")
+            ).last_hidden_state
         else:
             hidden = torch.func.functional_call(self.backbone, weights, (), kwargs).last_hidden_state.float()
         pooled = self.pool(hidden, mask)
@@ -564,8 +569,7 @@ class Encoder(nn.Module):
         this backbone, weights and all, so optimizers, DDP's gradient hooks and checkpoints see the same
         parameters. It compiles once, at the first training step, for any batch shape (batches are padded
         to their longest text, so their widths vary)."""
-        if mode not in TRAINING_COMPILE_MODES:
-            raise ConfigError("compile", f"expected true, false or one of {', '.join(TRAINING_COMPILE_MODES)}; got {mode!r}")
+        mode = training_compile_mode(mode)
         _TRAINING_COMPILED[self] = torch.compile(self.backbone, mode=None if mode == "default" else mode, backend=backend, dynamic=True)
 
     def cast_backbone(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:

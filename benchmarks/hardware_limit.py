@@ -33,7 +33,7 @@ import train_throughput
 from common import SHARED, make_encoder
 
 from hbt.eval.lareqa import lareqa_items, load_lareqa
-from hbt.hardware import default_precision, encode_precision, token_budget
+from hbt.hardware import default_precision, describe_cpu, encode_precision, token_budget
 from hbt.models.encoder import token_batches
 
 GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
@@ -44,6 +44,13 @@ GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
     "hbt encode (compiled, opt-in) / bf16 matmul peak": 0.5,
     "hbt train (compile=true, opt-in) / ST train (default)": 1.4,
 }
+
+
+def machine(device: torch.device) -> str:
+    """Which hardware the figures are of: the GPU's name, or the CPU's model and its bf16 instruction
+    sets. The bf16 peak depends on them far more than on load, and a shared virtual machine is not
+    always placed on the same CPU (docs/benchmarks.md)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else describe_cpu()
 
 
 def sync(device: torch.device) -> None:
@@ -141,6 +148,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = args.matmul_n or (8192 if device.type == "cuda" else 2048)
     args.max_tokens = args.max_tokens or token_budget("auto", device)
+    print(f"measuring on {device}: {machine(device)}, {torch.get_num_threads()} threads", flush=True)
 
     texts = xquad_r_texts(args.texts_per_language)
     encoder = make_encoder("me5_small", args.max_length).to(device)
@@ -267,7 +275,7 @@ def main() -> None:
     hbt_train = train[f"hbt train (default: {train_args.precision})"]
     flops_per_text = encode_flops / len(texts)
     print(
-        f"\ndevice={device} ({torch.get_num_threads()} threads), torch {torch.__version__}, model multilingual-e5-small, "
+        f"\ndevice={device}: {machine(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, model multilingual-e5-small, "
         f"{len(texts)} XQuAD-R texts ({sum(lengths)} tokens, max {args.max_length}), repeats={args.repeats}"
     )
     print(f"embeddings, hbt default vs ST fp32: min cosine {agreement:.6f}")

@@ -11,6 +11,7 @@ from hbt.hardware import (
     check_fsdp,
     cpu_has_bf16,
     default_precision,
+    describe_cpu,
     encode_precision,
     fsdp_wrap_classes,
     is_fsdp,
@@ -55,6 +56,9 @@ def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path):
         (tmp_path / "cpuinfo").write_text(flags.format(extra))
         assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is native, extra
     assert cpu_has_bf16(str(tmp_path / "missing")) is False
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Some CPU\n" + flags.format("amx_bf16 amx_tile avx512_bf16"))
+    assert describe_cpu(str(tmp_path / "cpuinfo")) == "Some CPU (amx_bf16, amx_tile, avx512_bf16)"
+    assert describe_cpu(str(tmp_path / "missing")) == "unknown CPU (no native bf16)"
 
 
 def test_evaluation_precision_auto_follows_the_hardware(monkeypatch):

@@ -152,3 +152,10 @@ def test_tokenizer_fingerprint_follows_everything_that_decides_the_token_ids(fam
     ]
     digests = [base.fingerprint(), *(t.fingerprint() for t in others)]
     assert len(set(digests)) == len(digests)
+    # Nor what the last call left in the tokenizer: the language code it tagged with (mBART-50 keeps it in
+    # its rules; encode sets it each call) or the truncation length transformers sets on the backend.
+    for lang in ("de", "zh", "en"):
+        mbart.encode(["a text"], "query" if lang == "zh" else "passage", lang)
+        assert mbart.fingerprint() == digests[3], lang
+    base.encode(["a text"], "query")
+    assert base.fingerprint() == digests[0]

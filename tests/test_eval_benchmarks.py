@@ -172,3 +172,32 @@ def test_sentence_splitter_and_mlqa_r_conversion(tmp_path):
     assert counts == {"en": (1, 3), "de": (1, 3)}  # only the question present in both languages
     bench = load_lareqa("mlqa_r", tmp_path / "out", ["en", "de"])
     assert bench.candidates["en"][bench.relevant["en"]["q1"][0]] == "The capital is Paris indeed."
+
+
+def test_repeated_runs_reuse_the_token_ids_until_the_tokenizer_changes(monkeypatch):
+    # The training callback evaluates the same texts after every few steps: the second run tokenizes
+    # nothing and scores the same; a changed tokenizer setting (its fingerprint) tokenizes afresh.
+    from hbt.eval.toy import toy_benchmark
+    from hbt.results import dumps
+
+    encoder = Encoder(tiny=TINY)
+    benchmarks = {"toy": toy_benchmark("validation", ["en", "de", "zh"])}
+    calls = []
+    tokenize = encoder.tokenize_compact
+    monkeypatch.setattr(encoder, "tokenize_compact", lambda texts, *a, **k: calls.append(len(texts)) or tokenize(texts, *a, **k))
+    evaluator = Evaluator(ks=(1, 10), precision="fp32")
+    first = dumps(evaluator.run(encoder, benchmarks))
+    tokenized = len(calls)
+    assert tokenized >= 3  # queries and candidates of each language
+    assert dumps(evaluator.run(encoder, benchmarks)) == first
+    assert len(calls) == tokenized
+    encoder.text_tokenizer.max_passage_length = 4
+    # Outside run(), where no fingerprint is checked, the encoder tokenizes (kept ids would be stale here).
+    passages = benchmarks["toy"].candidates["en"]
+    outside = evaluator.encode(encoder, passages, "passage", "en")
+    assert len(calls) == tokenized + 1
+    assert torch.equal(outside, encoder.encode(passages, "passage", "en", batch_size=128, precision="fp32"))
+    changed = dumps(evaluator.run(encoder, benchmarks))
+    assert len(calls) == 2 * tokenized + 2  # the run, and the reference encode above
+    assert changed != first
+    assert changed == dumps(Evaluator(ks=(1, 10), precision="fp32").run(encoder, benchmarks))

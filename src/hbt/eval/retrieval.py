@@ -29,6 +29,8 @@ from hbt.results import DatasetResult, PairResult, Results, SettingResult, mean_
 SETTINGS = ("mono", "cross", "multi")
 NOT_APPLICABLE = {"mono": "parallel sentences: in the pool of the query's language its only translation is the query itself"}
 log = logging.getLogger(__name__)
+# Token ids kept across runs (:meth:`Evaluator.token_ids`), at most this many tokens in all (int32: 128 MiB).
+TOKEN_CACHE_TOKENS = 1 << 25
 
 
 class Evaluator:
@@ -90,6 +92,12 @@ class Evaluator:
         self.shard_dir = shard_dir
         # Per-query values of the last run() (see query_rows), or None outside run().
         self.query_rows: list[dict] | None = None
+        # Token ids of the texts encoded (token_ids): the training callback evaluates the same texts after
+        # every few steps; the weights change, the token ids do not. Valid for one tokenizer fingerprint.
+        self._token_ids: dict[tuple, list] = {}
+        self._token_count = 0
+        self._tokenizer_key: str | None = None
+        self._tokens_active = False
 
     def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> Results:
         """Results per benchmark name; ``subsets`` (``{name: {subset: spec}}``, see
@@ -107,6 +115,9 @@ class Evaluator:
                     "query subsets are for question-passage benchmarks (LAReQA-style, MIRACL), not parallel sentences",
                 )
         fingerprint = encoder_fingerprint(encoder) if self.cache_dir else ""
+        tokenizer_key = encoder.text_tokenizer.fingerprint()  # what decides the token ids (~50 ms for mE5's)
+        if tokenizer_key != self._tokenizer_key:
+            self._token_ids, self._token_count, self._tokenizer_key = {}, 0, tokenizer_key
         options = self.encode_options(encoder)
         log.info(
             "encoding in %s (evaluator.precision=%s)%s, batches of at most %d texts and %s tokens, embeddings as %s",
@@ -119,15 +130,40 @@ class Evaluator:
         )
         results: Results = {}
         self.query_rows = []
-        for name, bench in benchmarks.items():
-            start = len(self.query_rows)
-            everything = bench.all_queries() if name in subsets else []
-            ids = {subset: subset_ids(name, subset, value, everything) for subset, value in subsets.get(name, {}).items()}
-            results[name], parts = bench.evaluate_with(self, encoder, fingerprint, ids)
-            results.update({f"{name}[{subset}]": part for subset, part in parts.items()})
-            for row in self.query_rows[start:]:  # named as in results.json (the config key)
-                row["dataset"] = name
+        self._tokens_active = True  # only inside run(), where the fingerprint above holds
+        try:
+            for name, bench in benchmarks.items():
+                start = len(self.query_rows)
+                everything = bench.all_queries() if name in subsets else []
+                ids = {subset: subset_ids(name, subset, value, everything) for subset, value in subsets.get(name, {}).items()}
+                results[name], parts = bench.evaluate_with(self, encoder, fingerprint, ids)
+                results.update({f"{name}[{subset}]": part for subset, part in parts.items()})
+                for row in self.query_rows[start:]:  # named as in results.json (the config key)
+                    row["dataset"] = name
+        finally:
+            self._tokens_active = False
         return results
+
+    def token_ids(self, encoder: Encoder, texts: list[str], kind: str, lang: str) -> list | None:
+        """The texts' token ids (:meth:`Encoder.tokenize_compact`), kept across runs of this evaluator
+        while the tokenizer's fingerprint is the same, up to :data:`TOKEN_CACHE_TOKENS` tokens in all; None
+        outside :meth:`run` (the encoder then tokenizes). On a GPU, tokenizing is a large part of a
+        small model's evaluation (docs/benchmarks.md), and the training callback repeats it every time."""
+        if not self._tokens_active:
+            return None
+        digest = hashlib.blake2b(f"{kind}|{lang}|{len(texts)}".encode(), digest_size=20)
+        for text in texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        key = digest.digest()
+        ids = self._token_ids.get(key)
+        if ids is None:
+            ids = encoder.tokenize_compact(texts, kind, lang)
+            count = sum(len(row) for row in ids)
+            if self._token_count + count <= TOKEN_CACHE_TOKENS:
+                self._token_ids[key] = ids
+                self._token_count += count
+        return ids
 
     def query_table(self):
         """The per-query values of the last :meth:`run` as an Arrow table: one row per query and language
@@ -216,10 +252,11 @@ class Evaluator:
         rank, world = rank_and_world()
         shown = (self.progress if progress is None else progress) if rank == 0 else False
         if world == 1:
-            return encoder.encode(texts, kind, lang, **self.encode_options(encoder, shown))
+            return encoder.encode(texts, kind, lang, ids=self.token_ids(encoder, texts, kind, lang), **self.encode_options(encoder, shown))
         import torch.distributed as dist
 
-        local = encoder.encode(texts[rank::world], kind, lang, **self.encode_options(encoder, shown))
+        mine = texts[rank::world]
+        local = encoder.encode(mine, kind, lang, ids=self.token_ids(encoder, mine, kind, lang), **self.encode_options(encoder, shown))
         shards: list = [None] * world
         dist.all_gather_object(shards, local)
         out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0), dtype=shards[0].dtype)

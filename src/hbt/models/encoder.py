@@ -139,8 +139,29 @@ class TextTokenizer:
 
         tok = self.tokenizer
         digest = hashlib.blake2b(digest_size=16)
+        if self.languages is not None and getattr(tok, "src_lang", None) != self.languages.available[0]:
+            # A language-coded tokenizer's rules hold the code it last tagged with (mBART-50's post-processor);
+            # :meth:`encode` sets the code before every call, so the digest is taken at one fixed code.
+            current = tok.src_lang
+            tok.src_lang = self.languages.available[0]
+            try:
+                return self.fingerprint()
+            finally:
+                tok.src_lang = current
         if getattr(tok, "is_fast", False):
-            rules = tok.backend_tokenizer.to_str().encode()
+            # Without the truncation and padding of the last call, which transformers sets on the backend
+            # at every call (hbt's own truncation is in the lengths below).
+            backend = tok.backend_tokenizer
+            truncation, padding = backend.truncation, backend.padding
+            backend.no_truncation()
+            backend.no_padding()
+            try:
+                rules = backend.to_str().encode()
+            finally:
+                if truncation:
+                    backend.enable_truncation(**truncation)
+                if padding:
+                    backend.enable_padding(**padding)
         elif getattr(tok, "sp_model", None) is not None:
             rules = tok.sp_model.serialized_model_proto()
         else:
@@ -496,6 +517,7 @@ class Encoder(nn.Module):
         max_tokens: int | None = None,
         dtype: torch.dtype = torch.float32,
         compile: bool = False,
+        ids: Sequence[np.ndarray] | None = None,
     ) -> torch.Tensor:
         """Embeddings of raw texts, in input order, as ``dtype``. The texts are tokenized first and
         batched longest first by token count (:func:`token_batches`): at most ``batch_size`` texts and,
@@ -504,8 +526,13 @@ class Encoder(nn.Module):
         for the call; bf16-mixed and fp16 under autocast; :func:`hbt.hardware.encode_precision` resolves
         auto). ``progress`` (auto, true, false: :mod:`hbt.progress`) shows texts encoded, rate and ETA.
         ``lang`` (one for all, or one per text) is needed by language-coded tokenizers (mBART-50).
-        ``compile`` runs the backbone through ``torch.compile`` (:meth:`compiled_backbone`; fp32 or bf16)."""
-        ids = self.tokenize_compact(texts, kind, lang)
+        ``compile`` runs the backbone through ``torch.compile`` (:meth:`compiled_backbone`; fp32 or bf16).
+        ``ids``: the texts' token ids as :meth:`tokenize_compact` gives them for this ``kind`` and
+        ``lang``, when the caller kept them (the evaluator, across evaluations of the same texts)."""
+        if ids is None:
+            ids = self.tokenize_compact(texts, kind, lang)
+        elif len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} rows of token ids for {len(texts)} texts")
         device = next(self.parameters()).device
         precision = self.runs_as(precision)
         mode, low = PRECISIONS[precision]

@@ -201,3 +201,5 @@ def test_repeated_runs_reuse_the_token_ids_until_the_tokenizer_changes(monkeypat
     assert len(calls) == 2 * tokenized + 2  # the run, and the reference encode above
     assert changed != first
     assert changed == dumps(Evaluator(ks=(1, 10), precision="fp32").run(encoder, benchmarks))
+    with pytest.raises(ValueError, match="1 rows of token ids for 2 texts"):
+        encoder.encode(["a", "b"], "query", ids=encoder.tokenize_compact(["a"], "query"))

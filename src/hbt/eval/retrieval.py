@@ -94,7 +94,7 @@ class Evaluator:
         self.query_rows: list[dict] | None = None
         # Token ids of the texts encoded (token_ids): the training callback evaluates the same texts after
         # every few steps; the weights change, the token ids do not. Valid for one tokenizer fingerprint.
-        self._token_ids: dict[tuple, list] = {}
+        self._token_ids: dict[bytes, list] = {}
         self._token_count = 0
         self._tokenizer_key: str | None = None
         self._tokens_active = False

@@ -135,19 +135,24 @@ class TextTokenizer:
         """A digest of everything that decides the token ids: the tokenizer's vocabulary and rules, its
         special and added tokens, the prefixes, lengths and language codes. Milliseconds, where hashing
         the object (``datasets``' Hasher) pickles a 250k-piece vocabulary piece by piece (~2 s a call)."""
+        tok = self.tokenizer
+        # A language-coded tokenizer's rules hold the code it last tagged with (mBART-50's post-processor);
+        # :meth:`encode` sets the code before every call, so the digest is taken at one fixed code.
+        current = getattr(tok, "src_lang", None)
+        fixed = self.languages.available[0] if self.languages is not None and current is not None else current
+        if fixed != current:
+            tok.src_lang = fixed
+        try:
+            return self._digest()
+        finally:
+            if fixed != current:
+                tok.src_lang = current
+
+    def _digest(self) -> str:
         import hashlib
 
         tok = self.tokenizer
         digest = hashlib.blake2b(digest_size=16)
-        if self.languages is not None and getattr(tok, "src_lang", None) != self.languages.available[0]:
-            # A language-coded tokenizer's rules hold the code it last tagged with (mBART-50's post-processor);
-            # :meth:`encode` sets the code before every call, so the digest is taken at one fixed code.
-            current = tok.src_lang
-            tok.src_lang = self.languages.available[0]
-            try:
-                return self.fingerprint()
-            finally:
-                tok.src_lang = current
         if getattr(tok, "is_fast", False):
             # Without the truncation and padding of the last call, which transformers sets on the backend
             # at every call (hbt's own truncation is in the lengths below).

@@ -151,11 +151,7 @@ class Evaluator:
         small model's evaluation (docs/benchmarks.md), and the training callback repeats it every time."""
         if not self._tokens_active:
             return None
-        digest = hashlib.blake2b(f"{kind}|{lang}|{len(texts)}".encode(), digest_size=20)
-        for text in texts:
-            digest.update(text.encode())
-            digest.update(b"\0")
-        key = digest.digest()
+        key = texts_digest(f"{kind}|{lang}|{len(texts)}", texts).digest()
         ids = self._token_ids.get(key)
         if ids is None:
             ids = encoder.tokenize_compact(texts, kind, lang)
@@ -214,12 +210,7 @@ class Evaluator:
             return self._encode_sharded(encoder, texts, kind, lang, progress)
         options = self.encode_options(encoder)
         compiled = "|compiled" if options["compile"] else ""  # other kernels: not bit-equal to eager's
-        digest = hashlib.blake2b(
-            f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}{compiled}".encode(), digest_size=20
-        )
-        for text in texts:
-            digest.update(text.encode())
-            digest.update(b"\0")
+        digest = texts_digest(f"{fingerprint}|{kind}|{lang}|{options['precision']}|{options['dtype']}{compiled}", texts)
         path = self.cache_dir / f"{digest.hexdigest()}.pt"
         if path.exists():
             return torch.load(path)
@@ -251,12 +242,12 @@ class Evaluator:
         zero shows progress."""
         rank, world = rank_and_world()
         shown = (self.progress if progress is None else progress) if rank == 0 else False
+        mine = texts if world == 1 else texts[rank::world]
+        local = encoder.encode(mine, kind, lang, ids=self.token_ids(encoder, mine, kind, lang), **self.encode_options(encoder, shown))
         if world == 1:
-            return encoder.encode(texts, kind, lang, ids=self.token_ids(encoder, texts, kind, lang), **self.encode_options(encoder, shown))
+            return local
         import torch.distributed as dist
 
-        mine = texts[rank::world]
-        local = encoder.encode(mine, kind, lang, ids=self.token_ids(encoder, mine, kind, lang), **self.encode_options(encoder, shown))
         shards: list = [None] * world
         dist.all_gather_object(shards, local)
         out = torch.empty((len(texts), shards[0].shape[1]) if len(texts) else (0, 0), dtype=shards[0].dtype)
@@ -515,6 +506,15 @@ class Evaluator:
                     }
                 )
         return PairResult({name: float(v.mean()) for name, v in values.items()}, int(keep.sum()))
+
+
+def texts_digest(header: str, texts: list[str]):
+    """A blake2b digest (20 bytes) of ``header`` and the texts, each ended by a NUL byte."""
+    digest = hashlib.blake2b(header.encode(), digest_size=20)
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:

@@ -29,8 +29,8 @@ from common import make_encoder
 from hardware_limit import forward_flops, matmul_peak, timed, xquad_r_texts
 from torch.profiler import ProfilerActivity, profile
 
-from hbt.hardware import encode_precision, token_budget
-from hbt.models.encoder import token_batches
+from hbt.models.precision import encode_precision, token_budget
+from hbt.models.tokenizer import token_batches
 
 
 def pad_row_by_row(text_tokenizer, ids) -> dict[str, torch.Tensor]:

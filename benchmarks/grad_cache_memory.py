@@ -41,7 +41,7 @@ def one_step(model: str, batch_size: int, chunk: int | None, max_length: int) ->
     for _ in range(2):  # the second step has Adam's state allocated
         optimizer.zero_grad()
         if chunk:
-            module.grad_cache.backward(module, batch)
+            module.batch_loss(batch)[0].backward()
         else:
             loss, _ = module.contrastive_loss(encoder(batch["query"]), encoder(batch["passage"]), None)
             loss.backward()

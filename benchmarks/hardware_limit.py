@@ -33,8 +33,9 @@ import train_throughput
 from common import SHARED, make_encoder
 
 from hbt.eval.lareqa import lareqa_items, load_lareqa
-from hbt.hardware import default_precision, describe_cpu, encode_precision, token_budget
-from hbt.models.encoder import token_batches
+from hbt.hardware import default_precision, describe_cpu
+from hbt.models.precision import encode_precision, token_budget
+from hbt.models.tokenizer import token_batches
 
 GOALS = {  # the targets issue #18 sets, each a ratio measured in this run
     "hbt encode (default) / ST encode (default)": 1.8,

@@ -61,7 +61,7 @@ def generate(root: Path, languages: int, passages: int, items: int, seed: int = 
 
 def baseline_items(root: Path, languages: list[str]):
     """The join as hbt did it before streaming: referenced texts of every language in dicts."""
-    from hbt.data.loaders import read_tsv
+    from hbt.data.readers import read_tsv
     from hbt.data.schema import ParallelItem
 
     triples: dict[tuple[str, str], list[str]] = {}

@@ -110,7 +110,7 @@ ARCHS = {
 def build(option: str, device: str = "meta"):
     import transformers
 
-    from hbt.models.encoder import _encoder_class, _encoder_half
+    from hbt.models.backbone import _encoder_class, _encoder_half
 
     cls_name, dims = ARCHS[option]
     config = getattr(transformers, cls_name)(**dims)
@@ -194,7 +194,7 @@ def measure(option: str) -> None:
     """One optimizer step of hbt's module at batch 100, full-length inputs, bf16 autocast, on the GPU."""
     from hbt.grad_cache import GradCache
     from hbt.loss import InfoNCELoss
-    from hbt.models.encoder import enable_gradient_checkpointing
+    from hbt.models.backbone import enable_gradient_checkpointing
     from hbt.module import RetrieverModule
 
     checkpointing, chunk, trainer = model_settings(option)
@@ -232,7 +232,8 @@ def measure(option: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             if chunk:
-                loss, _, _ = module.grad_cache.backward(module, batch)
+                loss = module.batch_loss(batch)[0]
+                loss.backward()
             else:
                 loss, _ = module.contrastive_loss(encoder(batch["query"]), encoder(batch["passage"]), None)
                 loss.backward()

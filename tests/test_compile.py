@@ -13,9 +13,9 @@ from test_families import cosines, family_encoder, real_texts
 
 from hbt.errors import ConfigError
 from hbt.eval.retrieval import Evaluator
-from hbt.hardware import check_fsdp
 from hbt.mine import Miner
 from hbt.models.families import FAMILIES
+from hbt.plan import plan_training
 
 
 def compiles(caplog) -> int:
@@ -73,8 +73,8 @@ def test_compile_needs_a_precision_it_can_freeze_and_says_which_key():
 def test_compile_under_fsdp_stops_before_training(make_cfg):
     for trainer in ("fsdp", "fsdp_cpu"):
         with pytest.raises(ConfigError, match=r"^config error: evaluator\.compile: not supported with trainer=fsdp"):
-            check_fsdp(make_cfg("train", [f"trainer={trainer}", "evaluator.compile=true"]))
-        check_fsdp(make_cfg("train", [f"trainer={trainer}"]))
+            plan_training(make_cfg("train", [f"trainer={trainer}", "evaluator.compile=true"]))
+        plan_training(make_cfg("train", [f"trainer={trainer}"]))
 
 
 def test_compile_with_a_precision_it_cannot_freeze_is_one_line_on_the_command_line(tmp_path):
@@ -107,12 +107,10 @@ def test_mining_encodes_compiled_when_asked(tmp_path):
 
 
 def test_training_compile_setting_is_checked_before_training(make_cfg):
-    from hbt.hardware import training_compile
-
-    assert training_compile(make_cfg("train", [])) is None
-    assert training_compile(make_cfg("train", ["compile=true"])) == "default"
-    assert training_compile(make_cfg("train", ["compile=reduce-overhead", "trainer=ddp_cpu"])) == "reduce-overhead"
+    assert plan_training(make_cfg("train", [])).compile is None
+    assert plan_training(make_cfg("train", ["compile=true"])).compile == "default"
+    assert plan_training(make_cfg("train", ["compile=reduce-overhead", "trainer=ddp_cpu"])).compile == "reduce-overhead"
     with pytest.raises(ConfigError, match=r"^config error: compile: expected true, false or one of .*; got 'fast'"):
-        training_compile(make_cfg("train", ["compile=fast"]))
+        plan_training(make_cfg("train", ["compile=fast"]))
     with pytest.raises(ConfigError, match=r"^config error: compile: not supported with trainer=fsdp"):
-        training_compile(make_cfg("train", ["compile=true", "trainer=fsdp_cpu"]))
+        plan_training(make_cfg("train", ["compile=true", "trainer=fsdp_cpu"]))

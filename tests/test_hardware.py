@@ -7,18 +7,18 @@ from conftest import ROOT, compose_config, last_line, run_cli
 
 import hbt.hardware
 from hbt.errors import ConfigError
-from hbt.hardware import (
-    check_fsdp,
-    cpu_has_bf16,
-    default_precision,
-    describe_cpu,
-    encode_precision,
-    fsdp_wrap_classes,
-    is_fsdp,
-    resolve_precision,
-    uses_gpu,
-)
-from hbt.models.encoder import Encoder, count_parameters
+from hbt.hardware import cpu_has_bf16, default_precision, describe_cpu, uses_gpu
+from hbt.models.backbone import count_parameters
+from hbt.models.encoder import Encoder
+from hbt.models.precision import encode_precision
+from hbt.plan import is_fsdp, plan_training
+from hbt.strategies import fsdp_wrap_classes
+
+
+def resolved(cfg):
+    """The config a training run builds from (the run plan's resolved copy)."""
+    return plan_training(cfg).config
+
 
 MT5_XL = {"vocab_size": 250112, "d_model": 2048, "d_kv": 64, "d_ff": 5120, "num_layers": 24, "num_heads": 32}
 
@@ -30,22 +30,22 @@ def test_default_trainer_precision_follows_the_hardware(make_cfg, monkeypatch):
     for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(hbt.hardware, "cpu_has_bf16", lambda native=native: native)
         cfg = make_cfg("train", [])
-        resolve_precision(cfg)
+        cfg = resolved(cfg)
         assert cfg.trainer.precision == expected
         assert cfg.optim.optimizer.fused  # bf16 scales no gradient: the fused AdamW stays
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     cfg = make_cfg("train", [])
     assert uses_gpu(cfg.trainer)
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert default_precision(True) == "16-mixed"  # V100 / T4
     cfg = make_cfg("train", ["trainer.precision=16-mixed"])
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert not cfg.optim.optimizer.fused  # fp16 scales gradients; Lightning cannot clip a fused optimizer's
     cfg = make_cfg("train", ["trainer.precision=32-true"])
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert cfg.trainer.precision == "32-true"  # an explicit value is kept
     assert not uses_gpu(make_cfg("train", ["trainer=cpu"]).trainer)
 
@@ -123,8 +123,8 @@ def test_fsdp_with_gradcache_is_refused_before_training(make_cfg):
 
     for trainer in ("fsdp", "fsdp_cpu"):
         with pytest.raises(ConfigError, match="grad_cache.chunk_size: GradCache is not supported with trainer=fsdp"):
-            check_fsdp(make_cfg("train", [f"trainer={trainer}", "grad_cache.chunk_size=4"]))
-        check_fsdp(make_cfg("train", [f"trainer={trainer}"]))  # without GradCache it is accepted
+            plan_training(make_cfg("train", [f"trainer={trainer}", "grad_cache.chunk_size=4"]))
+        plan_training(make_cfg("train", [f"trainer={trainer}"]))  # without GradCache it is accepted
 
 
 def test_fsdp_on_cpu_takes_full_precision_only(make_cfg):
@@ -132,8 +132,8 @@ def test_fsdp_on_cpu_takes_full_precision_only(make_cfg):
 
     assert is_fsdp(make_cfg("train", ["trainer=fsdp_cpu"]).trainer)
     with pytest.raises(ConfigError, match="trainer.precision: trainer=fsdp_cpu runs in full precision only"):
-        check_fsdp(make_cfg("train", ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed"]))
-    check_fsdp(make_cfg("train", ["trainer=fsdp", "trainer.precision=bf16-mixed"]))  # on GPUs bf16 is the default
+        plan_training(make_cfg("train", ["trainer=fsdp_cpu", "trainer.precision=bf16-mixed"]))
+    plan_training(make_cfg("train", ["trainer=fsdp", "trainer.precision=bf16-mixed"]))  # on GPUs bf16 is the default
 
 
 @pytest.mark.slow
@@ -152,7 +152,7 @@ def test_fsdp_with_lora_keeps_original_parameters_and_wraps_the_blocks_inside_pe
     wrapper are still each their own unit. (Lightning runs FSDP only on GPUs: benchmarks/gpu_smoke.py.)"""
     from omegaconf import OmegaConf
 
-    from hbt.hardware import fsdp_strategy
+    from hbt.strategies import fsdp_strategy
 
     cfg = OmegaConf.load(ROOT / "conf" / "trainer" / "fsdp.yaml").strategy
     strategy = fsdp_strategy(cfg, Encoder(name_or_path=str(family_dirs["mt5"]), lora={"r": 4}))
@@ -236,13 +236,13 @@ def test_only_fp16_mixed_precision_gives_up_the_fused_optimizer(make_cfg):
     default GPU run stopped at step 1. fp16 scales gradients, so it gets the foreach kernel; bf16 scales
     nothing, keeps the fused kernel (~10x faster steps on the CPU) and the module clips it directly."""
     cfg = make_cfg("train", ["trainer.precision=16-mixed"])
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert cfg.optim.optimizer.fused is False
     cfg = make_cfg("train", ["trainer.precision=bf16-mixed"])
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert cfg.optim.optimizer.fused is True
     cfg = make_cfg("train", ["trainer=cpu"])
-    resolve_precision(cfg)
+    cfg = resolved(cfg)
     assert cfg.optim.optimizer.fused is True
 
 
@@ -268,3 +268,21 @@ def test_bf16_mixed_training_with_clipping_runs_end_to_end(make_cfg, tmp_path):
     assert cfg.optim.optimizer.fused
     metrics, _ = train(cfg)
     assert metrics["test/toy/multi/map"] > 0
+
+
+def test_the_run_plan_is_settled_once_and_edits_neither_the_config_nor_the_environment(make_cfg, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("FSDP_USE_FULL_PREC_IN_EVAL", raising=False)
+    environment = dict(__import__("os").environ)
+    for overrides in ([], ["trainer.precision=16-mixed", "grad_cache.chunk_size=4"], ["trainer=fsdp_cpu"]):
+        cfg = make_cfg("train", overrides)
+        before = OmegaConf.to_yaml(cfg)
+        plan = plan_training(cfg)
+        assert OmegaConf.to_yaml(cfg) == before, overrides
+        assert plan.config.trainer.precision == plan.precision and plan.precision != "None"
+        assert plan.config.optim.optimizer.fused == plan.fused_optimizer
+    assert plan.fsdp and plan.accelerator == "cpu" and plan.grad_cache is None
+    assert dict(__import__("os").environ) == environment
+    plan = plan_training(make_cfg("train", ["trainer.precision=16-mixed", "grad_cache.chunk_size=4", "compile=true"]))
+    assert (plan.precision, plan.fused_optimizer, plan.grad_cache_chunk, plan.compile) == ("16-mixed", False, 4, "default")

@@ -188,7 +188,7 @@ def reference_mmarco(root, languages, max_items, negatives_per_item):
 
 @pytest.mark.parametrize("max_items,negatives", [(None, 1), (50, 3)])
 def test_streamed_mmarco_join_equals_the_in_memory_join(tmp_path, monkeypatch, max_items, negatives):
-    monkeypatch.setattr("hbt.data.loaders.JOIN_CHUNK", 7)  # many chunk boundaries
+    monkeypatch.setattr("hbt.data.joins.JOIN_CHUNK", 7)  # many chunk boundaries
     languages = ["english", "german", "french"]
     write_mmarco(tmp_path, languages)
     store = load_mmarco(

@@ -63,7 +63,8 @@ def slice_batch(batch, start, stop):
 def loss_and_grads(module, batch):
     module.encoder.zero_grad()
     if module.grad_cache is not None:
-        loss, _, _ = module.grad_cache.backward(module, batch)
+        loss, _, _ = module.batch_loss(batch)
+        loss.backward()
     else:
         negatives = module.encoder(batch["negatives"]) if "negatives" in batch else None
         loss, _ = module.contrastive_loss(module.encoder(batch["query"]), module.encoder(batch["passage"]), negatives)
@@ -83,7 +84,18 @@ def test_grad_cache_matches_the_whole_batch(symmetric, negatives):
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4)
 
 
-def _worker(rank, world, port, chunk_size, out_dir):
+class _TrainingStep(torch.nn.Module):
+    """The training step as a module's forward, for DDP to wrap (as Lightning wraps the LightningModule)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch):
+        return self.module.training_step(batch, 0)
+
+
+def _worker(rank, world, port, chunk_size, out_dir, ddp=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -91,10 +103,17 @@ def _worker(rank, world, port, chunk_size, out_dir):
         module = make_module(chunk_size=chunk_size)
         batch = make_batch(with_negatives=True)
         per_rank = BATCH // world
-        loss, _ = loss_and_grads(module, slice_batch(batch, rank * per_rank, (rank + 1) * per_rank))
-        from hbt.distributed import average_gradients
+        local = slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
+        if ddp:  # DDP's own reducer averages the gradients (GradCache's chunks must hand it each one once)
+            wrapped = torch.nn.parallel.DistributedDataParallel(_TrainingStep(module))
+            loss_tensor = wrapped(local)
+            loss_tensor.backward()
+            loss = loss_tensor.item()
+        else:
+            loss, _ = loss_and_grads(module, local)
+            from hbt.distributed import average_gradients
 
-        average_gradients(module.encoder.parameters())  # what DDP does to parameter gradients
+            average_gradients(module.encoder.parameters())  # what DDP does to parameter gradients
         mean_loss = torch.tensor(loss)
         dist.all_reduce(mean_loss)
         grads = {n: p.grad for n, p in module.encoder.named_parameters() if p.grad is not None}
@@ -110,10 +129,10 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk_size", [None, 2])
-def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size):
+@pytest.mark.parametrize("chunk_size, ddp", [(None, False), (2, False), (2, True)])
+def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size, ddp):
     ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(with_negatives=True))
-    mp.spawn(_worker, args=(2, free_port(), chunk_size, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), chunk_size, str(tmp_path), ddp), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["loss"] == pytest.approx(ref_loss, abs=1e-5)
@@ -128,7 +147,7 @@ def _encode_worker(rank, world, port, out_dir, compile=False):
         torch.set_num_threads(1)
         from hbt.eval.retrieval import Evaluator
         from hbt.eval.toy import toy_benchmark
-        from hbt.models.encoder import _COMPILED
+        from hbt.models.precision import _COMPILED
 
         encoder = make_module().encoder
         results = Evaluator(ks=(1, 10), precision="fp32", compile=compile).evaluate(encoder, toy_benchmark("validation", ["en", "zh"]))
@@ -272,3 +291,41 @@ def test_masking_under_two_gloo_ranks_matches_one_process(tmp_path):
         assert result["masked"] == ref_stats["masked"].item() == 5
         for name, grad in ref_grads.items():
             torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def _trained_weights(chunk_size, batches, accumulate: int, clip: float | None) -> dict[str, torch.Tensor]:
+    """The encoder's weights after one optimizer step of Lightning's own loop (SGD, lr 1) over
+    ``batches``, accumulated ``accumulate`` at a time and clipped to ``clip``."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    module = make_module(chunk_size=chunk_size)
+    module.optimizer_factory = lambda groups: torch.optim.SGD(groups, lr=1.0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch))
+    return {name: p.detach().clone() for name, p in module.encoder.named_parameters()}
+
+
+@pytest.mark.parametrize("accumulate, clip", [(2, None), (2, 0.05)])
+def test_grad_cache_under_lightnings_accumulation_and_clipping_matches_the_whole_batch(accumulate, clip):
+    """GradCache is part of the loss: Lightning's step, gradient accumulation (the loss divided by the
+    number of batches reaches the cached gradients through the backward hook) and clipping apply to it
+    as to the whole batch encoded at once."""
+    batch = make_batch(with_negatives=True)
+    batches = [slice_batch(batch, 0, BATCH // 2), slice_batch(batch, BATCH // 2, BATCH)]
+    want = _trained_weights(None, batches, accumulate, clip)
+    got = _trained_weights(2, batches, accumulate, clip)
+    start = make_module().encoder.state_dict()
+    assert any(not torch.equal(want[name], start[name]) for name in want)  # a step was taken
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)

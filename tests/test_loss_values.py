@@ -113,7 +113,7 @@ def grad_cache_and_reference(monkeypatch=None, compile_backend: str | None = Non
     batch = make_batch()
     cached = module(compile_backend)
     torch.manual_seed(1)
-    cached.grad_cache.backward(cached, batch)
+    cached.batch_loss(batch)[0].backward()
     got = {n: p.grad.clone() for n, p in cached.encoder.named_parameters() if p.grad is not None}
 
     reference = module()
@@ -171,9 +171,9 @@ def test_without_the_rng_replay_the_gradients_differ(monkeypatch):
 
 @pytest.mark.parametrize("chunk", [0, -2, 2.5, True])
 def test_a_bad_grad_cache_chunk_size_names_the_key(chunk, make_cfg):
-    from hbt.grad_cache import GradCache
+    from hbt.plan import plan_training
 
     with pytest.raises(ConfigError, match=r"^config error: grad_cache.chunk_size: must be an integer >= 1"):
-        GradCache.from_config(make_cfg("train", [f"grad_cache.chunk_size={chunk}"]))
-    assert GradCache.from_config(make_cfg("train", [])) is None  # null: off
-    assert GradCache.from_config(make_cfg("train", ["grad_cache.chunk_size=4", "trainer.gradient_clip_val=0.5"])).gradient_clip_val == 0.5
+        plan_training(make_cfg("train", [f"grad_cache.chunk_size={chunk}"]))
+    assert plan_training(make_cfg("train", [])).grad_cache is None  # null: off
+    assert plan_training(make_cfg("train", ["grad_cache.chunk_size=4"])).grad_cache.chunk_size == 4

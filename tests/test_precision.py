@@ -10,7 +10,8 @@ from conftest import shared_data
 from hbt.errors import ConfigError
 from hbt.eval.lareqa import load_lareqa
 from hbt.eval.retrieval import Evaluator
-from hbt.models.encoder import Encoder, token_batches
+from hbt.models.encoder import Encoder
+from hbt.models.tokenizer import token_batches
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 
@@ -131,7 +132,7 @@ def test_evaluator_options_are_checked_before_any_model_loads():
 
 
 def test_token_budget_auto_follows_the_device():
-    from hbt.hardware import AUTO_MAX_TOKENS, token_budget
+    from hbt.models.precision import AUTO_MAX_TOKENS, token_budget
 
     assert token_budget("auto", "cpu") == AUTO_MAX_TOKENS["cpu"] < token_budget("auto", "cuda") == AUTO_MAX_TOKENS["cuda"]
     assert token_budget(512, "cuda") == 512 and token_budget(None, "cpu") is None

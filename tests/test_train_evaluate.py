@@ -160,7 +160,8 @@ def test_a_query_subset_from_the_command_line_is_its_own_row(make_cfg, tmp_path)
 
 def test_optimized_metric_is_checked_before_training_and_returned(make_cfg):
     from hbt.errors import ConfigError
-    from hbt.tasks import check_values, optimized_value
+    from hbt.plan import plan_training
+    from hbt.tasks import optimized_value
 
     metrics = {"test/toy/mono/map": 0.5, "test/toy/multi/map": 0.1, "test/toy/multi/recall@10": 0.2}
     assert optimized_value(make_cfg("train", []), metrics) == 0.1  # null: the first benchmark's multi/map
@@ -172,5 +173,5 @@ def test_optimized_metric_is_checked_before_training_and_returned(make_cfg):
     with pytest.raises(
         ConfigError, match=r"optimized_metric: expected test/<benchmark>/<setting>/<metric> with a benchmark of eval \(toy\)"
     ):
-        check_values(make_cfg("train", ["optimized_metric=test/xquad_r/multi/map"]))
-    check_values(make_cfg("train", ["optimized_metric=test/toy/multi/map"]))
+        plan_training(make_cfg("train", ["optimized_metric=test/xquad_r/multi/map"]))
+    plan_training(make_cfg("train", ["optimized_metric=test/toy/multi/map"]))

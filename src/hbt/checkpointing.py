@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hbt.compat import request_graceful_stop
 from hbt.distributed import rank_and_world
 from hbt.errors import ConfigError
 
@@ -147,7 +148,7 @@ class InterruptCheckpoint(L.Callback):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
         if stop:
-            trainer._signal_connector.received_sigterm = True  # read by Lightning's loop (lightning 2.x)
+            request_graceful_stop(trainer)
 
     # -- the checkpoint ------------------------------------------------------------------------------
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

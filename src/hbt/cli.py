@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from hbt.errors import first_line
+
 MAX_TRIALS = 64  # compositions checked for one multirun (each swept value once)
 # Keys an earlier hbt had, and where their setting lives now.
 RENAMED = {
@@ -22,11 +24,11 @@ RENAMED = {
 
 
 def preflight(config_dir: str | Path, config_name: str, argv: list[str] | None = None) -> None:
-    from hydra._internal.utils import get_args_parser
+    from hbt.compat import hydra_args_parser
 
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = get_args_parser().parse_args(argv)
+        args = hydra_args_parser().parse_args(argv)
     except SystemExit:
         return  # Hydra's own parser will say what is wrong with the flags
     if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_path or args.config_dir:
@@ -48,7 +50,7 @@ def composition_error(config_dir: Path, config_name: str, overrides: list[str], 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
-        return f"config error: {_override_of(str(err), overrides)}: cannot parse it ({_first_line(err)}); see `python {Path(sys.argv[0]).name} --hydra-help`"
+        return f"config error: {_override_of(str(err), overrides)}: cannot parse it ({first_line(err)}); see `python {Path(sys.argv[0]).name} --hydra-help`"
     for override in parsed:
         key = override.get_key_element().lstrip("+~")
         if key in RENAMED and override.get_key_element()[0] not in "+~":
@@ -91,7 +93,7 @@ def _describe(err: BaseException) -> str:
         shown = ", ".join(a for a in available if not a.startswith("_"))
         return f"{group}: no option '{name}'" + (f" (available: {shown})" if shown else "")
     cause = err.__cause__
-    return _first_line(err) + (f" ({_first_line(cause)})" if cause is not None else "")
+    return first_line(err) + (f" ({first_line(cause)})" if cause is not None else "")
 
 
 def _override_of(text: str, overrides: list[str]) -> str:
@@ -99,11 +101,6 @@ def _override_of(text: str, overrides: list[str]) -> str:
     if quoted:
         return quoted.group(1)
     return overrides[-1] if overrides else "overrides"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _as_override_value(value) -> str:

@@ -35,3 +35,10 @@ class TrainingDiverged(HbtError):
     def __init__(self, step: int, value: float):
         self.step = step
         super().__init__(f"training diverged: loss is {value} at step {step}; checkpoints saved before it are intact")
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name where it has none): what a
+    one-line error quotes of a library's report."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

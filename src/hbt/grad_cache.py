@@ -1,87 +1,101 @@
 """GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"):
-the loss and gradients of a whole batch at the memory of one chunk.
+the loss and gradients of a whole batch at the memory of one chunk, as part of the loss computation.
 
 The batch is embedded chunk by chunk without a graph; the contrastive loss of the whole batch gives the
-gradient with respect to each embedding; each chunk is then encoded again, with a graph, and that gradient
-pushed through it. Configured as ``grad_cache.chunk_size`` (null: off). It steps the optimizer itself
-(Lightning's manual optimization), so it also owns gradient clipping: ``trainer.gradient_clip_val`` is
-handed to it and taken off the Trainer, which refuses clipping under manual optimization.
+gradient with respect to each embedding, which is kept; the loss comes back as a leaf tensor with a
+backward hook. When the trainer calls ``backward`` on it (Lightning's own step: its optimizer, clipping,
+gradient accumulation and precision plugins, untouched), the hook encodes each chunk again, with a graph
+and the RNG state of the first pass (the same dropout masks), and pushes the kept gradients through it,
+scaled by the gradient the trainer sent (1 / accumulation, an fp16 loss scale). The idea is the one
+sentence-transformers' cached losses use.
+
+DDP's gradient synchronisation is why one detail differs from a plain backward per chunk. DDP prepares
+its reducer in the forward and expects each parameter's gradient to arrive exactly once per backward;
+a second chunk's backward would hand it a parameter again. So, when more than one process trains, every
+chunk but the last puts its gradients into ``.grad`` through ``torch.autograd.grad`` (no hooks fire) and
+the last chunk runs a plain backward, which fires DDP's hooks once, with ``.grad`` already holding the
+whole batch's sum: DDP averages and overlaps its all-reduce as usual. The price is one transient
+gradient-sized buffer per chunk under DDP. (FSDP reduces gradients inside every backward and is refused
+with GradCache: :mod:`hbt.plan`.)
+
+:class:`GradCache` takes the encoder and a loss over embeddings; it knows nothing else of the
+LightningModule or of Lightning.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
+from torch import nn
 
-from hbt.distributed import average_gradients
+from hbt.distributed import rank_and_world
 from hbt.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hbt.module import RetrieverModule
+Embeddings = dict[str, torch.Tensor]
+LossFn = Callable[[Embeddings], tuple[torch.Tensor, dict]]
 
 
 class GradCache:
-    def __init__(self, chunk_size: int, gradient_clip_val: float | None = None):
+    def __init__(self, chunk_size: int):
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ConfigError("grad_cache.chunk_size", f"must be an integer >= 1 (or null to turn GradCache off), got {chunk_size!r}")
         self.chunk_size = chunk_size
-        self.gradient_clip_val = gradient_clip_val
 
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> GradCache | None:
-        """The run's GradCache (None when ``grad_cache.chunk_size`` is null), with the trainer's clipping."""
-        chunk = (cfg.get("grad_cache") or {}).get("chunk_size")
-        if chunk is None:
-            return None
-        return cls(chunk, cfg.trainer.get("gradient_clip_val"))
-
-    def backward(self, module: RetrieverModule, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """Embed without a graph, take the loss's gradient w.r.t. the embeddings, then re-encode chunk by
-        chunk with a graph and push those gradients through, accumulating parameter gradients. RNG states
-        are replayed so dropout masks match the first pass. DDP's own gradient sync is held off (the
-        caller averages gradients once). Returns the loss, its statistics and the query embeddings."""
-        encoder = module.encoder
-        kinds = ["query", "passage"] + (["negatives"] if "negatives" in batch else [])
-        chunks = {kind: split_inputs(batch[kind], self.chunk_size) for kind in kinds}
-        rng_states, embeddings = {}, {}
+    def __call__(
+        self, encoder: nn.Module, inputs: dict[str, dict[str, torch.Tensor]], loss_fn: LossFn
+    ) -> tuple[torch.Tensor, dict, Embeddings]:
+        """``inputs``: tokenized texts by kind (query, passage, negatives); ``loss_fn``: the loss of their
+        embeddings. Returns the loss (its ``backward`` computes the encoder's gradients, chunk by chunk),
+        the loss's statistics and the embeddings (without a graph)."""
+        chunks = {kind: split_inputs(batch, self.chunk_size) for kind, batch in inputs.items()}
+        rng_states: dict[str, list] = {}
+        embeddings: Embeddings = {}
         with torch.no_grad():
-            for kind in kinds:
-                rng_states[kind], parts = [], []
-                for chunk in chunks[kind]:
+            for kind, parts in chunks.items():
+                rng_states[kind] = []
+                encoded = []
+                for chunk in parts:
                     rng_states[kind].append(_rng_state())
-                    parts.append(encoder(chunk))
-                embeddings[kind] = torch.cat(parts).requires_grad_()
-        loss, stats = module.contrastive_loss(
-            embeddings["query"], embeddings["passage"], embeddings.get("negatives"), module.batch_keys(batch)
-        )
-        loss.backward()
-        strategy = module._trainer.strategy if module._trainer is not None else None
-        with strategy.block_backward_sync() if hasattr(strategy, "block_backward_sync") else nullcontext():
-            for kind in kinds:
-                grads = embeddings[kind].grad.split(self.chunk_size)
-                for chunk, state, grad in zip(chunks[kind], rng_states[kind], grads):
-                    _set_rng_state(state)
-                    encoder(chunk).backward(grad)
-        return loss.detach(), stats, embeddings["query"].detach()
+                    encoded.append(encoder(chunk))
+                embeddings[kind] = torch.cat(encoded).requires_grad_()
+        with torch.enable_grad():
+            loss, stats = loss_fn(embeddings)
+        detached = {kind: e.detach() for kind, e in embeddings.items()}
+        if not torch.is_grad_enabled():
+            return loss.detach(), stats, detached
+        kinds = list(embeddings)
+        # The loss's gradient w.r.t. every embedding, now: its graph may hold collectives (the passages
+        # gathered across ranks), which every rank runs here, in step.
+        grads = dict(zip(kinds, torch.autograd.grad(loss, [embeddings[k] for k in kinds])))
+        out = loss.detach().requires_grad_()
+        out.register_hook(lambda scale: self._replay(encoder, chunks, rng_states, grads, scale))
+        return out, stats, detached
 
-    def step(self, module: RetrieverModule, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """One optimizer step (manual optimization): gradients of the whole batch, averaged across ranks
-        once, clipped, applied; the learning-rate schedule advanced."""
-        optimizer = module.optimizers()
-        optimizer.zero_grad()
-        loss, stats, queries = self.backward(module, batch)
-        module.check_gradients_once()
-        average_gradients(module.encoder.parameters())
-        if self.gradient_clip_val:
-            module.configure_gradient_clipping(optimizer, self.gradient_clip_val, "norm")
-        optimizer.step()
-        scheduler = module.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return loss, stats, queries
+    def _replay(self, encoder: nn.Module, chunks: dict, rng_states: dict, grads: Embeddings, scale: torch.Tensor) -> None:
+        """The backward hook: each chunk encoded again with the first pass's RNG state, and the cached
+        gradient (times ``scale``) pushed through it into the parameters' ``.grad``."""
+        jobs = [
+            (chunk, state, grad * scale)
+            for kind in chunks
+            for chunk, state, grad in zip(chunks[kind], rng_states[kind], grads[kind].split(self.chunk_size))
+        ]
+        _, world = rank_and_world()
+        params = [p for p in encoder.parameters() if p.requires_grad] if world > 1 else []
+        with torch.enable_grad():
+            for n, (chunk, state, grad) in enumerate(jobs):
+                _set_rng_state(state)
+                embedded = encoder(chunk)
+                if world == 1 or n == len(jobs) - 1:
+                    embedded.backward(grad)
+                    continue
+                for param, g in zip(params, torch.autograd.grad(embedded, params, grad, allow_unused=True)):
+                    if g is None:
+                        continue
+                    if param.grad is None:
+                        param.grad = g
+                    else:
+                        param.grad += g
 
 
 def split_inputs(inputs: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:

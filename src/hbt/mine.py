@@ -114,13 +114,13 @@ class Miner:
         self.pool_mode, self.batch_size, self.query_block, self.shard_size = pool, batch_size, query_block, shard_size
         self.searcher = searcher or FaissSearcher()
         self.progress = check_progress(progress, "mine.progress")
-        from hbt.hardware import encoding
+        from hbt.models.precision import encoding
 
         encoding(precision, max_tokens, "cpu", "mine", compile)  # bad values stop before the model loads
         self.precision, self.max_tokens, self.compile = precision, max_tokens, compile
 
     def _encode(self, encoder, texts: list[str], kind: str, lang, progress=None) -> np.ndarray:
-        from hbt.hardware import encoding
+        from hbt.models.precision import encoding
 
         options = encoding(self.precision, self.max_tokens, next(encoder.parameters()).device, "mine", self.compile)
         shown = self.progress if progress is None else progress

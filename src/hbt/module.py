@@ -1,5 +1,6 @@
-"""The LightningModule: shared encoder + InfoNCE, with passages gathered across DDP ranks (GradCache, when
-on, is :mod:`hbt.grad_cache`)."""
+"""The LightningModule: shared encoder + InfoNCE, with passages gathered across DDP ranks. Lightning owns
+the optimizer step, clipping, accumulation and precision; GradCache, when on, is part of the loss
+computation (:mod:`hbt.grad_cache`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch.optim.lr_scheduler import LambdaLR
 
 from hbt.checkpointing import add_run_state, restore_rng
+from hbt.compat import attached_trainer
 from hbt.distributed import gather_plain, gather_with_grad, rank_and_world
 from hbt.errors import ConfigError, TrainingDiverged
 from hbt.grad_cache import GradCache
@@ -48,9 +50,7 @@ class RetrieverModule(L.LightningModule):
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # GradCache steps the optimizer itself (and clips); without it Lightning does both.
         self.grad_cache = grad_cache
-        self.automatic_optimization = grad_cache is None
         self.run_config = run_config  # the resolved run config, stored in checkpoints (hbt.checkpointing)
         self.pairs_seen: Counter[str] = Counter()
         self._unused_checked = False
@@ -78,23 +78,32 @@ class RetrieverModule(L.LightningModule):
             return None
         return {kind: row_keys(batch[kind]) for kind in ("query", "passage", "negatives") if kind in batch}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """The loss of a batch (its ``backward`` gives the encoder's gradients, through GradCache's chunks
+        when it is on), the loss's statistics and the query embeddings."""
+        keys = self.batch_keys(batch)
+
+        def loss_of(embeddings: dict[str, torch.Tensor]):
+            return self.contrastive_loss(embeddings["query"], embeddings["passage"], embeddings.get("negatives"), keys)
+
         if self.grad_cache is not None:
-            loss, stats, queries = self.grad_cache.step(self, batch)
-        else:
-            queries = self.encoder(batch["query"])
-            negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
-            loss, stats = self.contrastive_loss(queries, self.encoder(batch["passage"]), negatives, self.batch_keys(batch))
+            inputs = {kind: batch[kind] for kind in ("query", "passage", "negatives") if kind in batch}
+            loss, stats, embeddings = self.grad_cache(self.encoder, inputs, loss_of)
+            return loss, stats, embeddings["query"]
+        queries = self.encoder(batch["query"])
+        negatives = self.encoder(batch["negatives"]) if "negatives" in batch else None
+        loss, stats = loss_of({"query": queries, "passage": self.encoder(batch["passage"]), "negatives": negatives})
+        return loss, stats, queries
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, stats, queries = self.batch_loss(batch)
         if not torch.isfinite(loss):
             # Stop before the optimizer applies it; checkpoints written so far are left as they are.
-            raise TrainingDiverged(self.trainer.global_step if self._trainer is not None else batch_idx, float(loss))
+            raise TrainingDiverged(self.trainer.global_step if attached_trainer(self) is not None else batch_idx, float(loss))
         self.log_step(batch, loss, stats, queries)
-        return None if self.grad_cache is not None else loss
+        return loss
 
     def on_after_backward(self) -> None:
-        self.check_gradients_once()
-
-    def check_gradients_once(self) -> None:
         if not self._unused_checked:
             self.check_all_parameters_used()
 
@@ -131,7 +140,7 @@ class RetrieverModule(L.LightningModule):
 
     def _writes_logs(self) -> bool:
         """Whether the loggers write this step's on-step metrics (Lightning's ``log_every_n_steps`` rule)."""
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return True
         every = self.trainer.log_every_n_steps
         return bool(every) and ((self.trainer.global_step + 1) % every == 0 or self.trainer.should_stop)
@@ -145,7 +154,7 @@ class RetrieverModule(L.LightningModule):
         if sharded is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
             sharded.clip_grad_norm_(gradient_clip_val)
             return
-        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        plugin = self.trainer.precision_plugin if attached_trainer(self) is not None else None
         if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
             return
@@ -154,7 +163,7 @@ class RetrieverModule(L.LightningModule):
     def _fsdp_root(self):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        model = self.trainer.strategy.model if self._trainer is not None else None
+        model = self.trainer.strategy.model if attached_trainer(self) is not None else None
         return model if isinstance(model, FullyShardedDataParallel) else None
 
     def on_train_epoch_end(self) -> None:

@@ -7,6 +7,7 @@ the run directory (its shape: :mod:`hbt.results`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -25,45 +26,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
 from hbt.cli import check_targets
+from hbt.compat import fsdp_full_precision_in_eval
 from hbt.errors import ConfigError, HbtError, OutputError
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
-from hbt.grad_cache import GradCache
-from hbt.hardware import check_fits_cpu, check_fsdp, fsdp_strategy, full_parameters, is_fsdp, resolve_precision, training_compile
-from hbt.loss import InfoNCELoss
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
+from hbt.plan import check_fits_cpu, plan_training
 from hbt.results import Results, dumps, flatten_macro, results_table
-from hbt.sampling import check_settings
+from hbt.strategies import fsdp_strategy, full_parameters
 from hbt.sweeps import clear_failure, record_failure
 from hbt.tracking import finish_wandb, log_final_results
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 PER_QUERY_FILE = "per_query.parquet"
-
-
-def check_values(cfg: DictConfig) -> tuple[InfoNCELoss, GradCache | None]:
-    """Config values that need no model or data, checked before anything heavy starts (the encoder, the
-    loggers and their banners, the trainer), so a bad one is the first and only line of output. Returns
-    the loss and GradCache (None when off), built (and so checked) here."""
-    check_targets(cfg)
-    sampler = cfg.sampler
-    check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), cfg.data.get("batch_size"), sampler.get("ratio_schedule"))
-    loss = instantiate(cfg.loss)  # temperature
-    grad_cache = GradCache.from_config(cfg)  # chunk size
-    check_fsdp(cfg)
-    training_compile(cfg)
-    name = cfg.get("optimized_metric")
-    if name is not None:
-        parts = str(name).split("/")
-        benchmarks = sorted((cfg.get("eval") or {}).keys())
-        if len(parts) != 4 or parts[0] != "test" or parts[1].split("[")[0] not in benchmarks:
-            raise ConfigError(
-                "optimized_metric",
-                f"expected test/<benchmark>/<setting>/<metric> with a benchmark of eval ({', '.join(benchmarks)}); got {name}",
-            )
-    return loss, grad_cache
 
 
 def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
@@ -83,43 +60,40 @@ def optimized_value(cfg: DictConfig, metrics: dict | None) -> float | None:
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
-    resolve_precision(cfg)
-    loss, grad_cache = check_values(cfg)
+    plan = plan_training(cfg)
+    cfg = plan.config  # the resolved config: what is built below and what config.yaml records
     out = _prepare_output(cfg)
-    log.info("training in %s (trainer.precision)", cfg.trainer.precision)
-    check_fits_cpu(cfg)
+    log.info("training in %s (trainer.precision)", plan.precision)
+    check_fits_cpu(plan)
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
-    compile_mode = training_compile(cfg)
-    if compile_mode is not None:
-        log.info("training steps run the backbone through torch.compile (mode %s; compile)", compile_mode)
-        encoder.compile_for_training(compile_mode)
+    if plan.compile is not None:
+        log.info("training steps run the backbone through torch.compile (mode %s; compile)", plan.compile)
+        encoder.compile_for_training(plan.compile)
     module = RetrieverModule(
         encoder,
-        loss,
+        plan.loss,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler),
-        grad_cache=grad_cache,
+        grad_cache=plan.grad_cache,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     loggers = make_loggers(cfg)
-    strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if is_fsdp(cfg.trainer) else {}
-    # GradCache steps the optimizer itself and took the clipping over (the Trainer refuses it then).
-    clip = {"gradient_clip_val": None} if grad_cache is not None else {}
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **clip, **strategy)
+    strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if plan.fsdp else {}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **strategy)
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
+    with fsdp_full_precision_in_eval() if plan.fsdp else contextlib.nullcontext():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
 
     metrics: dict = {}
-    sharded = is_fsdp(cfg.trainer)
-    if sharded:
+    if plan.fsdp:
         export_sharded(trainer, cfg, out / "model")
     with full_parameters(trainer):  # under FSDP every rank gathers the whole encoder for the evaluation
-        if trainer.is_global_zero and not sharded:
+        if trainer.is_global_zero and not plan.fsdp:
             export_encoder(encoder, out / "model")
         # Every rank takes part: under DDP the evaluator encodes each benchmark sharded across ranks.
         results, per_query = run_evaluation(cfg, encoder, verbose=trainer.is_global_zero)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hbt.data.schema import ParallelItem, languages_of
+from hbt.data.schema import ParallelItem, TextTokenizer, languages_of
 from hbt.data.store import ItemStore
 from hbt.errors import ConfigError, DataError
 from hbt.sampling import HybridBatchSampler, PairRef
-
-if TYPE_CHECKING:  # the tokenizer comes from the encoder (a layer above); only its interface is used here
-    from hbt.models.encoder import TextTokenizer
 
 
 class PairDataset(Dataset):

@@ -7,6 +7,7 @@ Languages may be missing for some items; hard negatives are optional, per langua
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,19 @@ class ParallelItem:
 def languages_of(items: list[ParallelItem]) -> list[str]:
     """All languages that occur in ``items``, sorted."""
     return sorted({lang for item in items for lang in item.languages})
+
+
+class TextTokenizer(Protocol):
+    """What the data layer uses of an encoder's tokenizer (:class:`hbt.models.tokenizer.TextTokenizer`,
+    from the layer above): token ids of texts, padding, the language check and the fingerprint that keys
+    the token cache."""
+
+    def __call__(self, texts: list[str], kind: str, lang=None) -> dict: ...
+
+    def encode(self, texts: list[str], kind: str, lang=None) -> list[list[int]]: ...
+
+    def pad(self, ids) -> dict: ...
+
+    def check_languages(self, languages) -> None: ...
+
+    def fingerprint(self) -> str: ...

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.fingerprint import Hasher
 
-from hbt.data.schema import ParallelItem
+from hbt.data.schema import ParallelItem, TextTokenizer
 from hbt.progress import Ticker
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class ItemStore:
             out.append(view[position - bounds[chunk]])
         return out
 
-    def tokenized(self, text_tokenizer, workers: int | None = None) -> ItemStore:
+    def tokenized(self, text_tokenizer: TextTokenizer, workers: int | None = None) -> ItemStore:
         """The same table with every text replaced by its token ids (prefix added, truncated).
 
         Computed once with ``datasets.map`` over ``workers`` processes (see :func:`tokenize_processes`);

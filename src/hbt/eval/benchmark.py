@@ -9,17 +9,10 @@ MLQA-R), N-way parallel sentences (Tatoeba) and the built-in corpus alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hbt.data.schema import ParallelItem
 
-if TYPE_CHECKING:
-    from hbt.eval.retrieval import Evaluator
-    from hbt.models.encoder import Encoder
-    from hbt.results import DatasetResult
-
-# Each benchmark type evaluates itself through the evaluator method for its shape (``evaluate_with``), so
-# the evaluator holds no switch over benchmark classes; ``subset_ids`` maps subset names to query ids.
+# Benchmarks are data: the evaluator (hbt.eval.retrieval) picks the part that evaluates each kind.
 
 
 @dataclass
@@ -55,11 +48,6 @@ class RetrievalBenchmark:
 
     def all_queries(self) -> list[tuple[str, str]]:
         return [q for qs in self.queries.values() for q in qs]
-
-    def evaluate_with(
-        self, evaluator: Evaluator, encoder: Encoder, fingerprint: str, subset_ids: dict[str, set[str]]
-    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
-        return evaluator.evaluate_pools(encoder, self, fingerprint, subset_ids)
 
 
 def benchmark_from_items(name: str, items: list[ParallelItem], languages: list[str]) -> RetrievalBenchmark:
@@ -98,8 +86,3 @@ class BenchmarkGroup:
 
     def all_queries(self) -> list[tuple[str, str]]:
         return [q for part in self.parts.values() for q in part.all_queries()]
-
-    def evaluate_with(
-        self, evaluator: Evaluator, encoder: Encoder, fingerprint: str, subset_ids: dict[str, set[str]]
-    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
-        return evaluator.evaluate_group(encoder, self, fingerprint), {}

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from hbt.eval.benchmark import RetrievalBenchmark
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
-from hbt.hardware import full_parameters
 from hbt.results import Results, flatten_macro
+from hbt.strategies import full_parameters
 from hbt.tracking import log_pair_tables, wandb_runs
 
 

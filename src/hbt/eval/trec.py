@@ -20,15 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from hbt.data.loaders import read_lines, read_tsv
+from hbt.data.readers import read_lines, read_tsv
 from hbt.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from hbt.eval.retrieval import Evaluator
-    from hbt.models.encoder import Encoder
-    from hbt.results import DatasetResult
 
 
 @dataclass
@@ -116,11 +110,6 @@ class TrecBenchmark:
 
     def all_queries(self) -> list[tuple[str, str]]:
         return [q for data in self.languages.values() for q in data.queries]
-
-    def evaluate_with(
-        self, evaluator: Evaluator, encoder: Encoder, fingerprint: str, subset_ids: dict[str, set[str]]
-    ) -> tuple[DatasetResult, dict[str, DatasetResult]]:
-        return evaluator.evaluate_trec(encoder, self, fingerprint, subset_ids)
 
 
 def read_topics(path: Path) -> list[tuple[str, str]]:

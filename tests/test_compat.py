@@ -1,0 +1,62 @@
+"""Each use of a framework's internals (hbt.compat) against the installed Lightning, torch and Hydra: an
+upgrade that moves one fails here, in the one test of the one function to change."""
+
+import inspect
+import os
+
+import lightning as L
+import torch
+
+from hbt import compat
+
+
+def quiet_trainer() -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+
+
+def test_attached_trainer_is_none_until_a_trainer_holds_the_module():
+    module = L.LightningModule()
+    assert compat.attached_trainer(module) is None
+    trainer = quiet_trainer()
+    module.trainer = trainer
+    assert compat.attached_trainer(module) is trainer
+
+
+def test_a_graceful_stop_is_what_lightnings_loop_reads_as_sigterm():
+    trainer = quiet_trainer()
+    assert not trainer.received_sigterm
+    compat.request_graceful_stop(trainer)
+    assert trainer.received_sigterm  # Lightning's public view of the flag its loop stops on
+
+
+def test_full_state_dicts_are_gathered_without_cpu_offload_inside_the_block():
+    import lightning.pytorch.strategies.fsdp as lightning_fsdp
+
+    original = lightning_fsdp._get_full_state_dict_context
+    # The replacement takes what Lightning passes to the original.
+    assert list(inspect.signature(original).parameters)[:3] == ["module", "world_size", "rank0_only"]
+    with compat.full_state_dicts_in_place():
+        replaced = lightning_fsdp._get_full_state_dict_context
+        assert replaced is not original
+        assert hasattr(replaced(torch.nn.Linear(2, 2), world_size=1), "__enter__")
+    assert lightning_fsdp._get_full_state_dict_context is original
+
+
+def test_fsdp_reads_the_full_precision_switch_set_for_the_block_only(monkeypatch):
+    from torch.distributed.fsdp import _flat_param
+
+    assert _flat_param._FSDP_USE_FULL_PREC_IN_EVAL == compat.FSDP_FULL_PRECISION_IN_EVAL  # the name torch reads
+    monkeypatch.delenv(compat.FSDP_FULL_PRECISION_IN_EVAL, raising=False)
+    with compat.fsdp_full_precision_in_eval():
+        assert os.environ[compat.FSDP_FULL_PRECISION_IN_EVAL] == "1"
+    assert compat.FSDP_FULL_PRECISION_IN_EVAL not in os.environ
+    monkeypatch.setenv(compat.FSDP_FULL_PRECISION_IN_EVAL, "0")
+    with compat.fsdp_full_precision_in_eval():
+        pass
+    assert os.environ[compat.FSDP_FULL_PRECISION_IN_EVAL] == "0"
+
+
+def test_hydras_parser_reads_the_flags_and_overrides_of_a_command_line():
+    args = compat.hydra_args_parser().parse_args(["-m", "sampler.ratio=0,1", "model=me5_small"])
+    assert args.multirun and args.overrides == ["sampler.ratio=0,1", "model=me5_small"]
+    assert not compat.hydra_args_parser().parse_args(["--cfg", "job"]).multirun

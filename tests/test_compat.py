@@ -60,3 +60,40 @@ def test_hydras_parser_reads_the_flags_and_overrides_of_a_command_line():
     args = compat.hydra_args_parser().parse_args(["-m", "sampler.ratio=0,1", "model=me5_small"])
     assert args.multirun and args.overrides == ["sampler.ratio=0,1", "model=me5_small"]
     assert not compat.hydra_args_parser().parse_args(["--cfg", "job"]).multirun
+
+
+def test_the_processes_lightnings_launcher_started_are_where_hbt_reads_them():
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
+    assert launcher.procs == []  # the attribute hbt reads (filled as it starts the other ranks)
+    assert compat.launched_processes(quiet_trainer()) == []  # one process: none
+
+
+def test_the_cpu_fsdp_strategy_overrides_a_method_lightnings_strategy_has():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    assert callable(getattr(FSDPStrategy, "_setup_model", None))
+    strategy = compat.cpu_fsdp_strategy(sharding_strategy="FULL_SHARD")
+    assert isinstance(strategy, FSDPStrategy) and type(strategy)._setup_model is not FSDPStrategy._setup_model
+
+
+def test_torch_compile_settings_hold_inside_their_blocks_only():
+    import torch._inductor.config
+    import torch.fx.experimental._config
+
+    before = (torch._inductor.config.freezing, torch.fx.experimental._config.use_duck_shape)
+    with compat.inductor_freezing(), compat.without_duck_shaping():
+        assert torch._inductor.config.freezing is True and torch.fx.experimental._config.use_duck_shape is False
+    assert (torch._inductor.config.freezing, torch.fx.experimental._config.use_duck_shape) == before
+    assert all(issubclass(error, Exception) for error in compat.compile_errors())
+
+
+def test_a_datasets_fingerprint_follows_its_content():
+    import datasets
+
+    table = datasets.Dataset.from_dict({"a": [1, 2]})
+    changed = table.map(lambda row: {"a": row["a"] + 1})
+    assert isinstance(compat.dataset_fingerprint(table), str) and compat.dataset_fingerprint(table)
+    assert compat.dataset_fingerprint(changed) != compat.dataset_fingerprint(table)

@@ -19,12 +19,12 @@ from hbt.plan import plan_training
 
 
 def compiles(caplog) -> int:
-    return sum("compiling a" in record.getMessage() for record in caplog.records if record.name == "hbt.models.encoder")
+    return sum("compiling a" in record.getMessage() for record in caplog.records if record.name == "hbt.models.precision")
 
 
 @pytest.mark.slow
 def test_compiled_encoding_equals_eager_and_follows_the_weights(family_dirs, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="hbt.models.encoder")
+    caplog.set_level(logging.INFO, logger="hbt.models.precision")
     encoder = family_encoder("me5", family_dirs, tmp_path)  # the BERT architecture, pooler and all, mE5's tokenizer
     texts, _ = real_texts(3)
     eager = encoder.encode(texts, "passage", precision="bf16")

@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return out, cfg, metrics, objects
 
 
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
 @pytest.mark.slow
 def test_default_training_writes_results_model_and_checkpoint(trained):
     out, cfg, metrics, objects = trained
@@ -48,6 +49,7 @@ def test_default_training_writes_results_model_and_checkpoint(trained):
     assert metrics["test/toy/multi/map"] == results["toy"]["multi"]["macro"]["map"]
 
 
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
 @pytest.mark.slow
 def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cfg, tmp_path):
     out, *_ = trained
@@ -56,6 +58,7 @@ def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cf
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
 @pytest.mark.slow
 def test_evaluate_zero_shot_on_an_exported_hf_directory(trained, make_cfg, tmp_path):
     out, *_ = trained
@@ -66,6 +69,7 @@ def test_evaluate_zero_shot_on_an_exported_hf_directory(trained, make_cfg, tmp_p
     assert results["toy"]["mono"]["macro"]["map"] == pytest.approx(expected["toy"]["mono"]["macro"]["map"], abs=1e-6)
 
 
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
 def test_existing_results_are_never_overwritten(trained, make_cfg):
     out, *_ = trained
     before = (out / "results.json").read_bytes()
@@ -108,7 +112,7 @@ def test_grad_cache_training_runs_through_the_trainer(make_cfg, tmp_path):
     cfg = make_cfg("train", [*FAST, "grad_cache.chunk_size=4", "trainer.max_steps=3"], tmp_path / "gc")
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 3
-    assert not objects["module"].automatic_optimization
+    assert objects["module"].automatic_optimization  # GradCache is part of the loss: Lightning steps, clips, accumulates
     check_results_shape(json.loads((tmp_path / "gc" / "results.json").read_text()), "toy", languages=9)
 
 

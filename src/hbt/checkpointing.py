@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from hbt.compat import request_graceful_stop
+from hbt.compat import launched_processes, request_graceful_stop
 from hbt.distributed import rank_and_world
 from hbt.errors import ConfigError
 
@@ -133,8 +133,7 @@ class InterruptCheckpoint(L.Callback):
             return
         self.requested = True
         # Rank zero launched the other ranks of this node: a signal sent to it alone reaches them too.
-        launcher = getattr(self._trainer.strategy, "launcher", None) if self._trainer is not None else None
-        for proc in getattr(launcher, "procs", None) or []:
+        for proc in launched_processes(self._trainer) if self._trainer is not None else []:
             if proc.poll() is None:
                 proc.send_signal(signum)
 

@@ -4,10 +4,14 @@ installed versions; pyproject.toml bounds Lightning for them.
 
 - Lightning: the trainer a LightningModule is attached to (``LightningModule._trainer``: the public
   ``trainer`` property raises when there is none), the SIGTERM flag its loop reads
-  (``trainer._signal_connector.received_sigterm``), and the full-state-dict context of its FSDP strategy
-  (``lightning.pytorch.strategies.fsdp._get_full_state_dict_context``).
+  (``trainer._signal_connector.received_sigterm``), the processes its launcher started
+  (``launcher.procs``), the full-state-dict context of its FSDP strategy
+  (``lightning.pytorch.strategies.fsdp._get_full_state_dict_context``) and the FSDP strategy's
+  ``_setup_model``, which the CPU variant overrides.
 - torch: FSDP's full-precision evaluation switch (the ``FSDP_USE_FULL_PREC_IN_EVAL`` variable that
-  FullyShardedDataParallel reads when it wraps a module).
+  FullyShardedDataParallel reads when it wraps a module); torch.compile's settings for inductor's
+  freezing and for symbolic shapes without duck sizing, and the errors dynamo raises.
+- datasets: a Dataset's content fingerprint (``Dataset._fingerprint``).
 - Hydra: its command-line parser (``hydra._internal.utils.get_args_parser``).
 """
 
@@ -21,6 +25,13 @@ def attached_trainer(module):
     """The Lightning trainer ``module`` is attached to, or None outside a trainer (unit tests call the
     module's methods directly)."""
     return module._trainer
+
+
+def launched_processes(trainer) -> list:
+    """The processes Lightning's launcher started for the other ranks of this node (none where it
+    started none: one process, or ranks launched by a cluster)."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return list(getattr(launcher, "procs", None) or [])
 
 
 def request_graceful_stop(trainer) -> None:
@@ -79,3 +90,75 @@ def hydra_args_parser():
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser()
+
+
+def cpu_fsdp_strategy(**kwargs):
+    """Lightning's FSDP strategy on CPU processes over gloo (``trainer=fsdp_cpu``, :mod:`hbt.strategies`).
+    torch's FSDP runs on CPU; Lightning refuses the strategy there by name only (it checks the exact
+    class), which a subclass passes. Lightning passes ``device_id=None`` on CPU, which torch reads as
+    "find an accelerator", so the subclass wraps the module itself; and Lightning gathers full state dicts
+    with ``offload_to_cpu=True``, which on CPU frees the storage the clone then reads (a segfault in
+    torch), so its state-dict calls run inside :func:`full_state_dicts_in_place`."""
+    import torch
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+                model = FullyShardedDataParallel(
+                    module=model,
+                    cpu_offload=self.cpu_offload,
+                    mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy,
+                    device_id=torch.device("cpu"),
+                    **self.kwargs,
+                )
+                self.kwargs.pop("auto_wrap_policy", None)  # applied above
+            return super()._setup_model(model)
+
+        def lightning_module_state_dict(self):
+            with full_state_dicts_in_place():
+                return super().lightning_module_state_dict()
+
+        def optimizer_state(self, optimizer):
+            with full_state_dicts_in_place():
+                return super().optimizer_state(optimizer)
+
+        def load_checkpoint(self, *args, **kwargs):
+            with full_state_dicts_in_place():
+                return super().load_checkpoint(*args, **kwargs)
+
+    return CPUFSDPStrategy(**kwargs)
+
+
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What torch.compile raises for a module it cannot compile (dynamo's errors)."""
+    import torch._dynamo.exc
+
+    return (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported)
+
+
+@contextmanager
+def without_duck_shaping():
+    """torch.compile's dynamic shapes without duck sizing inside the block: sizes that happen to be equal
+    (a batch of 64 texts of 64 tokens) are not assumed equal ever after."""
+    import torch.fx.experimental._config
+
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        yield
+
+
+@contextmanager
+def inductor_freezing():
+    """Inductor's freezing inside the block: a module compiled here holds its weights as constants."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(freezing=True):
+        yield
+
+
+def dataset_fingerprint(table) -> str:
+    """The content fingerprint ``datasets`` keeps for a Dataset (it keys its own caches by it)."""
+    return table._fingerprint

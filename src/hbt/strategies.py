@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from omegaconf import DictConfig
 
-from hbt.compat import full_state_dicts_in_place
+from hbt.compat import cpu_fsdp_strategy as compat_cpu_fsdp_strategy
 
 
 def fsdp_wrap_classes(encoder: torch.nn.Module) -> set[type]:
@@ -21,43 +21,9 @@ def fsdp_wrap_classes(encoder: torch.nn.Module) -> set[type]:
 def cpu_fsdp_strategy(**kwargs):
     """``trainer=fsdp_cpu``: Lightning's FSDP strategy over gloo on CPU processes, the same sharding,
     wrapping, state-dict and checkpoint code as ``trainer=fsdp`` on GPUs, so that CI tests the FSDP path.
-    torch's FSDP runs on CPU; Lightning refuses the strategy there by name only (it checks the exact
-    class), which a subclass passes. Full precision only: FSDP's bf16 parameters meet fp32 inputs in
-    CPU layer norms, which torch does not support."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    class CPUFSDPStrategy(FSDPStrategy):
-        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-                # Lightning passes device_id=None on CPU, which torch reads as "find an accelerator".
-                model = FullyShardedDataParallel(
-                    module=model,
-                    cpu_offload=self.cpu_offload,
-                    mixed_precision=self.mixed_precision_config,
-                    sharding_strategy=self.sharding_strategy,
-                    device_id=torch.device("cpu"),
-                    **self.kwargs,
-                )
-                self.kwargs.pop("auto_wrap_policy", None)  # applied above
-            return super()._setup_model(model)
-
-        # Lightning gathers full state dicts with offload_to_cpu=True; on CPU that "offload" frees the
-        # gathered storage that the clone then reads (a segfault in torch), so it is turned off here.
-        def lightning_module_state_dict(self):
-            with full_state_dicts_in_place():
-                return super().lightning_module_state_dict()
-
-        def optimizer_state(self, optimizer):
-            with full_state_dicts_in_place():
-                return super().optimizer_state(optimizer)
-
-        def load_checkpoint(self, *args, **kwargs):
-            with full_state_dicts_in_place():
-                return super().load_checkpoint(*args, **kwargs)
-
-    return CPUFSDPStrategy(**kwargs)
+    Full precision only: FSDP's bf16 parameters meet fp32 inputs in CPU layer norms, which torch does not
+    support. (What it changes of Lightning's strategy: :func:`hbt.compat.cpu_fsdp_strategy`.)"""
+    return compat_cpu_fsdp_strategy(**kwargs)
 
 
 def fsdp_strategy(strategy_cfg: DictConfig, encoder: torch.nn.Module):

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.fingerprint import Hasher
 
+from hbt.compat import dataset_fingerprint
 from hbt.data.schema import ParallelItem, TextTokenizer
 from hbt.progress import Ticker
 
@@ -125,7 +126,7 @@ class ItemStore:
         directory renamed into place, so a reader never sees half a table)."""
         if self.on_disk:
             return self
-        target = cache_root() / f"items-{self.table._fingerprint}"
+        target = cache_root() / f"items-{dataset_fingerprint(self.table)}"
         if not (target / "state.json").exists():
             partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
             with datasets_bars(sys.stderr.isatty()):
@@ -215,7 +216,7 @@ class ItemStore:
             return out
 
         # Given, so that datasets does not hash ``encode`` (and the tokenizer it holds) itself.
-        fingerprint = Hasher.hash([TOKEN_FORMAT, self.table._fingerprint, text_tokenizer.fingerprint()])
+        fingerprint = Hasher.hash([TOKEN_FORMAT, dataset_fingerprint(self.table), text_tokenizer.fingerprint()])
         options = {"num_proc": processes if processes > 1 else None, "new_fingerprint": fingerprint}
         if self.on_disk:
             path = Path(self.table.cache_files[0]["filename"]).parent / f"tokens-{fingerprint}.arrow"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hbt import hardware
+from hbt.compat import compile_errors, inductor_freezing, without_duck_shaping
 from hbt.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,7 @@ class _Frozen:
         self.module = module
 
     def __call__(self, **kwargs):
-        import torch._inductor.config
-
-        with torch._inductor.config.patch(freezing=True):
+        with inductor_freezing():
             return compiled_call(self.module, kwargs, "encode without compile")
 
 
@@ -134,13 +133,10 @@ def compiled_call(module, kwargs: dict, instead: str):
     under a 4096-token budget) would otherwise be compiled for square batches only, and the next batch
     would compile again. The inputs are made contiguous: GradCache's chunks are views cut to their own
     longest row, whose strides would otherwise compile the backbone a second time."""
-    import torch._dynamo.exc
-    import torch.fx.experimental._config
-
     try:
-        with torch.fx.experimental._config.patch(use_duck_shape=False):
+        with without_duck_shaping():
             return module(**{name: value.contiguous() for name, value in kwargs.items()})
-    except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.Unsupported) as err:
+    except compile_errors() as err:
         raise ConfigError("compile", f"torch.compile could not compile this encoder ({first_line(err)}); {instead}") from None
 
 

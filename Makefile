@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 # faiss-cpu here; FAISS=gpu installs faiss-gpu on a GPU host.
 FAISS ?= cpu
+# Extra pytest flags (.ci/run adds --durations); test processes (pytest-xdist workers): one per core, at most 4.
+PYTEST_ARGS ?=
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hbt-installed
 
@@ -29,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) outputs multirun

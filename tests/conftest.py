@@ -20,6 +20,11 @@ SHARED_DATA = Path(os.environ.get("HBT_DATA_DIR", ROOT.parent / "shared" / "data
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (`make test`: one worker per core) each worker, and every process it starts, computes
+    # on one thread: two workers of two threads each on two cores would spin against each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Small, fast settings for the embedded default.
 FAST = ["logger=csv", "trainer.max_epochs=1", "trainer.max_steps=6", "data.batch_size=16"]
@@ -71,13 +76,16 @@ SHARED_TOOLS = Path(os.environ.get("HBT_SHARED_TOOLS", ROOT.parent / "shared" / 
 def me5_dir() -> Path:
     """The real multilingual-e5-small as a local HF directory, built offline once (``.cache/``, or
     ``HBT_ME5_DIR``) from ``../shared/tools/offline_me5_small.py``."""
+    from filelock import FileLock
+
     target = Path(os.environ.get("HBT_ME5_DIR", ROOT / ".cache" / "me5-small"))
-    if not (target / "config.json").exists():
-        tool = SHARED_TOOLS / "offline_me5_small.py"
-        if not tool.is_file():
-            pytest.skip(f"{tool} not present")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(tool), str(target)], check=True, capture_output=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # pytest-xdist's workers: one builds it, the others wait and use it
+        if not (target / "config.json").exists():
+            tool = SHARED_TOOLS / "offline_me5_small.py"
+            if not tool.is_file():
+                pytest.skip(f"{tool} not present")
+            subprocess.run([sys.executable, str(tool), str(target)], check=True, capture_output=True)
     return target
 
 

@@ -175,10 +175,7 @@ def smoke_runs(smoke_root):
         return dict(zip(EXPERIMENTS, pool.map(launch, EXPERIMENTS)))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_end_to_end_in_smoke_mode(experiment, smoke_root, smoke_runs):
-    proc, report, jobs, outputs = smoke_runs[experiment]
+def check_smoke_run(experiment: str, smoke_root, proc, report, jobs, outputs) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(outputs) == jobs, [str(path) for path, _, _ in outputs]
     for (
@@ -192,3 +189,16 @@ def test_experiment_runs_end_to_end_in_smoke_mode(experiment, smoke_root, smoke_
     assert any(column.count("/") == 2 for column in header)  # <dataset>/<setting>/<metric> columns
     for column in EXPECTED.get(experiment, []):
         assert column in header, (column, header)
+
+
+@pytest.mark.slow
+def test_every_experiment_runs_end_to_end_in_smoke_mode(smoke_root, smoke_runs):
+    """One test over every experiment (its sweeps are one fixture, run two at a time): as one test it runs
+    on one pytest-xdist worker, and each experiment's failure is reported by name."""
+    failures = {}
+    for experiment in EXPERIMENTS:
+        try:
+            check_smoke_run(experiment, smoke_root, *smoke_runs[experiment])
+        except AssertionError as err:
+            failures[experiment] = str(err)[:3000]
+    assert not failures, failures

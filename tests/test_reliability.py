@@ -33,6 +33,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.xdist_group("reliability_uninterrupted")  # shares the module fixture uninterrupted: built once
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [10, 25])  # mid first epoch; mid second epoch
 def test_resume_from_a_mid_epoch_checkpoint_gives_identical_results(uninterrupted, make_cfg, tmp_path, step):
@@ -42,6 +43,7 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_identical_results(uninterrupte
     assert (tmp_path / "resumed" / "results.json").read_text() == (uninterrupted / "results.json").read_text()
 
 
+@pytest.mark.xdist_group("reliability_uninterrupted")  # shares the module fixture uninterrupted: built once
 @pytest.mark.slow
 def test_same_seed_same_results(uninterrupted, make_cfg, tmp_path):
     train(make_cfg("train", RUN, tmp_path / "again"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.eval.search import FaissSearcher
+from hbt.eval.search import FaissSearcher, TorchSearcher
 from hbt.progress import progress as show_progress
 
 NO_POSITION = np.iinfo(np.int64).max
@@ -31,8 +31,9 @@ class Shard:
     positions: Path  # [n] int64: positions in the whole corpus
     ids: Path  # n lines: document ids
 
-    def load(self) -> np.ndarray:
-        return np.asarray(np.load(self.embeddings, mmap_mode="r"), dtype=np.float32)
+    def load(self, dtype=np.float32) -> np.ndarray:
+        """The shard's embeddings as ``dtype`` (float16: as stored, memory-mapped)."""
+        return np.asarray(np.load(self.embeddings, mmap_mode="r"), dtype=dtype)
 
     def doc_ids(self) -> list[str]:
         return self.ids.read_text(encoding="utf-8").split("\n")
@@ -142,7 +143,7 @@ class TopK:
         return [[d for d, p in zip(ids, pos) if p != NO_POSITION] for ids, pos in zip(self.ids, self.positions)]
 
 
-def search_shards(searcher: FaissSearcher, queries: np.ndarray, shards: list[Shard], k: int, progress=False) -> TopK:
+def search_shards(searcher: FaissSearcher | TorchSearcher, queries: np.ndarray, shards: list[Shard], k: int, progress=False) -> TopK:
     """This rank's top-k over its shards: exact search shard by shard, or one approximate index; with
     ``progress`` (:mod:`hbt.progress`) the documents searched or indexed so far, rate and ETA."""
     top = TopK(len(queries), k)
@@ -151,7 +152,7 @@ def search_shards(searcher: FaissSearcher, queries: np.ndarray, shards: list[Sha
     total = sum(len(shard) for shard in shards)
     if searcher.index_type == "flat":
         for shard in show_progress(shards, total, "search", progress, unit="documents", weight=len):
-            scores, local = searcher.search(queries, shard.load(), k)
+            scores, local = searcher.search(queries, shard.load(searcher.shard_dtype), k)
             top.add(scores, *_resolve(local, np.load(shard.positions), shard.doc_ids()))
         return top
     sizes = [len(shard) for shard in shards]

@@ -118,9 +118,12 @@ def grad_cache_and_reference(monkeypatch=None, compile_backend: str | None = Non
 
     reference = module()
     torch.manual_seed(1)
-    from hbt.grad_cache import split_inputs
 
-    embeddings = {kind: torch.cat([reference.encoder(chunk) for chunk in split_inputs(batch[kind], 3)]) for kind in ("query", "passage")}
+    def chunked(kind):  # GradCache's chunks (rows sorted by length), back in the batch's row order
+        order, chunks = GradCache(3).chunks(batch[kind])
+        return torch.cat([reference.encoder(chunk) for chunk in chunks])[torch.argsort(order)]
+
+    embeddings = {kind: chunked(kind) for kind in ("query", "passage")}
     loss, _ = reference.contrastive_loss(embeddings["query"], embeddings["passage"], None, reference.batch_keys(batch))
     loss.backward()
     want = {n: p.grad.clone() for n, p in reference.encoder.named_parameters() if p.grad is not None}

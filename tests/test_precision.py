@@ -187,3 +187,20 @@ def test_grad_cache_chunks_are_cut_to_their_own_longest_row():
     chunks = split_inputs({"input_ids": ids, "attention_mask": (ids > 0).long()}, 2)
     assert [c["input_ids"].shape[1] for c in chunks] == [4, 2]
     assert torch.equal(chunks[1]["input_ids"], torch.tensor([[1, 2], [1, 0]]))
+
+
+def test_grad_cache_chunks_rows_by_length_so_a_chunk_is_padded_only_to_its_own_longest():
+    """Rows of mixed lengths: chunks by position would each hold a long row; sorted by length, the
+    short rows share chunks of their own width (ties keep the batch's order)."""
+    from hbt.grad_cache import GradCache, split_inputs
+
+    lengths = torch.tensor([9, 2, 8, 3, 9, 2, 7, 1])
+    mask = (torch.arange(9)[None, :] < lengths[:, None]).long()
+    inputs = {"input_ids": mask * torch.arange(1, 9)[:, None], "attention_mask": mask}
+    order, chunks = GradCache(2).chunks(inputs)
+    assert order.tolist() == [0, 4, 2, 6, 3, 1, 5, 7]
+    assert [c["input_ids"].shape[1] for c in chunks] == [9, 8, 3, 2]
+    assert torch.equal(torch.cat([c["attention_mask"].sum(1) for c in chunks]), lengths[order])
+    padded = sum(c["input_ids"].numel() for c in chunks)
+    by_position = sum(c["input_ids"].numel() for c in split_inputs(inputs, 2))
+    assert padded == 44 and by_position == 66  # 41 real tokens

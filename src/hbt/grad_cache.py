@@ -1,7 +1,8 @@
 """GradCache (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"):
 the loss and gradients of a whole batch at the memory of one chunk, as part of the loss computation.
 
-The batch is embedded chunk by chunk without a graph; the contrastive loss of the whole batch gives the
+The batch is embedded chunk by chunk without a graph (its rows sorted by length, so each chunk is padded
+only to its own longest row); the contrastive loss of the whole batch gives the
 gradient with respect to each embedding, which is kept; the loss comes back as a leaf tensor with a
 backward hook. When the trainer calls ``backward`` on it (Lightning's own step: its optimizer, clipping,
 gradient accumulation and precision plugins, untouched), the hook encodes each chunk again, with a graph
@@ -48,7 +49,9 @@ class GradCache:
         """``inputs``: tokenized texts by kind (query, passage, negatives); ``loss_fn``: the loss of their
         embeddings. Returns the loss (its ``backward`` computes the encoder's gradients, chunk by chunk),
         the loss's statistics and the embeddings (without a graph)."""
-        chunks = {kind: split_inputs(batch, self.chunk_size) for kind, batch in inputs.items()}
+        orders, chunks = {}, {}
+        for kind, batch in inputs.items():
+            orders[kind], chunks[kind] = self.chunks(batch)
         rng_states: dict[str, list] = {}
         embeddings: Embeddings = {}
         with torch.no_grad():
@@ -58,7 +61,8 @@ class GradCache:
                 for chunk in parts:
                     rng_states[kind].append(_rng_state())
                     encoded.append(encoder(chunk))
-                embeddings[kind] = torch.cat(encoded).requires_grad_()
+                # Back in the batch's own row order, which the loss pairs queries and passages by.
+                embeddings[kind] = torch.cat(encoded)[torch.argsort(orders[kind])].requires_grad_()
         with torch.enable_grad():
             loss, stats = loss_fn(embeddings)
         detached = {kind: e.detach() for kind, e in embeddings.items()}
@@ -68,9 +72,18 @@ class GradCache:
         # The loss's gradient w.r.t. every embedding, now: its graph may hold collectives (the passages
         # gathered across ranks), which every rank runs here, in step.
         grads = dict(zip(kinds, torch.autograd.grad(loss, [embeddings[k] for k in kinds])))
+        grads = {kind: grad[orders[kind]] for kind, grad in grads.items()}  # in the chunks' row order
         out = loss.detach().requires_grad_()
         out.register_hook(lambda scale: self._replay(encoder, chunks, rng_states, grads, scale))
         return out, stats, detached
+
+    def chunks(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """The rows sorted by length, longest first (``order``: the batch's row of each sorted row), and
+        cut into chunks of ``chunk_size``, each padded only to its own longest row: little of a chunk is
+        padding, whatever the batch's lengths. The loss is over the whole batch, so the order of the
+        chunks changes nothing but the padding."""
+        order = torch.argsort(inputs["attention_mask"].sum(1), descending=True, stable=True)
+        return order, split_inputs({key: value[order] for key, value in inputs.items()}, self.chunk_size)
 
     def _replay(self, encoder: nn.Module, chunks: dict, rng_states: dict, grads: Embeddings, scale: torch.Tensor) -> None:
         """The backward hook: each chunk encoded again with the first pass's RNG state, and the cached

@@ -67,7 +67,7 @@ def test_bad_lora_settings_name_the_key():
 @pytest.mark.parametrize("family", ["xlmr"])  # mt5 and the others: the unit test above, checkpointing on
 def test_lora_trains_under_ddp_with_grad_cache_and_checkpointing(family, family_dirs, tmp_path):
     """3 steps under trainer=ddp_cpu with GradCache chunks and gradient checkpointing on; the export is a
-    plain model that evaluate.py loads."""
+    plain model that evaluate.py's task loads."""
     import json
 
     from conftest import run_cli
@@ -94,6 +94,10 @@ def test_lora_trains_under_ddp_with_grad_cache_and_checkpointing(family, family_
 
     with safe_open(str(next((tmp_path / "train" / "model").glob("*.safetensors"))), "pt") as f:
         assert not any("lora" in k for k in f.keys())  # merged
-    evaluated = run_cli("evaluate.py", *common, f"model.name_or_path={tmp_path / 'train' / 'model'}", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    from conftest import compose_config
+
+    from hbt.tasks import evaluate
+
+    # evaluate.py's task in this process (its command line runs in test_train_evaluate.py): one Python start less.
+    evaluate(compose_config("evaluate", [*common, f"model.name_or_path={tmp_path / 'train' / 'model'}"], tmp_path / "eval"))
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["toy"]["multi"]["macro"]

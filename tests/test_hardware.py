@@ -170,6 +170,7 @@ def test_faiss_comes_from_one_extra_and_a_forced_gpu_without_one_is_one_line():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert extras["cpu"] == ["faiss-cpu>=1.8"] and extras["gpu"] == ["faiss-gpu>=1.15"]
+    assert project["license"] == "Apache-2.0"  # the SPDX string setuptools keeps supporting (a table is deprecated)
     assert not any(dep.startswith("faiss") for dep in project["dependencies"] + extras["dev"])  # one faiss, never both
     import faiss
     import numpy as np

@@ -14,13 +14,33 @@ def rank_and_world() -> tuple[int, int]:
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank in rank order; gradients flow back to each rank's copy
-    (the backward of ``all_gather`` sums each slice's gradient over ranks)."""
+    (the backward sums each slice's gradient over ranks). Every rank passes the same shape."""
     _, world = rank_and_world()
     if world == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(x)
 
-    return torch.cat(all_gather(x.contiguous()))
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather with a backward: torch's own (``torch.distributed.nn.functional.all_gather``) is
+    deprecated for a private module's, so this one uses the public collectives. The backward all-reduces
+    the whole gathered gradient and keeps this rank's slice: for the embeddings of a batch (kilobytes to
+    a few megabytes) the extra traffic over a reduce-scatter is negligible, and gloo has no reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, world = rank_and_world()
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start, stop = ctx.rows
+        return grad[start:stop]
 
 
 def average_gradients(parameters) -> None:

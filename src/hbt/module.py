@@ -178,9 +178,12 @@ class RetrieverModule(L.LightningModule):
             # Ranks draw the same batch types and languages, so the rank mean is the global share.
             self.log("train/epoch_mono_pair_share", mono / total, sync_dist=True)
             self.log("train/epoch_language_pairs_seen", float(len(self.pairs_seen)), sync_dist=True)
-            # Key sets can differ across ranks (X-Y languages are drawn per example): rank zero's view only.
+            # Key sets can differ across ranks (X-Y languages are drawn per example): rank zero's view only,
+            # written to the loggers directly (an unsynced epoch-level self.log warns once per key under DDP).
             shares = {f"train/query_lang_share/{lang}": n / total for lang, n in sorted(by_query_lang.items())}
-            self.log_dict(shares, rank_zero_only=True)
+            if self.trainer.is_global_zero:
+                for logger in self.loggers:
+                    logger.log_metrics(shares, step=self.trainer.global_step)
         self.pairs_seen.clear()
 
     def configure_optimizers(self):

@@ -82,7 +82,7 @@ def test_a_key_no_constructor_takes_is_caught(tmp_path):
     """The negative control of check(): a misspelt key must fail it."""
     with pytest.raises(
         ConfigError,
-        match=r"^config error: loss.temprature: not a parameter of hbt.loss.InfoNCELoss \(it takes: temperature, symmetric, mask_duplicates\)",
+        match=r"^config error: loss.temprature: not a parameter of hbt.loss.InfoNCELoss \(it takes: temperature, symmetric, mask_duplicates, margin\)",
     ):
         check(compose_config("train", ["+loss.temprature=0.1"], tmp_path))
 

@@ -76,6 +76,36 @@ def test_masking_and_targets_change_the_loss_as_the_formula_says():
     assert wrong.item() > 2.0 > by_hand_forward()
 
 
+def test_additive_margin_is_subtracted_from_each_positive_in_both_directions_by_hand():
+    """LaBSE's additive-margin softmax (loss.margin), temperature 1, margin 0.3. Cosines: q0.p0 = 1,
+    q0.p1 = 0.6, q1.p0 = 0, q1.p1 = 0.8. Forward rows [0.7, 0.6] (target 0) and [0, 0.5] (target 1):
+    (ln(1 + e^-0.1) + ln(1 + e^0.5) - 0.5) / 2 = 0.5592368. Backward (positives retrieve queries) rows
+    [0.7, 0] and [0.6, 0.5]: (ln(1 + e^-0.7) + ln(1 + e^0.1)) / 2 = 0.5737914."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    p = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    targets = torch.tensor([0, 1])
+    loss, _ = InfoNCELoss(temperature=1.0, margin=0.3)(q, p, targets)
+    assert loss.item() == pytest.approx(0.5592368221, abs=1e-9)
+    symmetric, _ = InfoNCELoss(temperature=1.0, margin=0.3, symmetric=True)(q, p, targets)
+    assert symmetric.item() == pytest.approx((0.5592368221 + 0.5737913545) / 2, abs=1e-9)
+    plain, _ = InfoNCELoss(temperature=1.0)(q, p, targets)
+    assert plain.item() < loss.item()  # the margin makes every positive harder
+    # A margin that would flip query 0's ranking (1 - 0.5 < 0.6) leaves the statistics on the plain cosines.
+    _, stats = InfoNCELoss(temperature=1.0, margin=0.5)(q, p, targets)
+    assert stats["accuracy"].item() == 1.0 and stats["pos_sim"].item() == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("margin", [2, 2.5, -0.1, True, "0.3"])
+def test_a_margin_outside_the_cosine_range_names_the_key(margin, make_cfg):
+    with pytest.raises(ConfigError, match=r"^config error: loss.margin: must be in \[0, 2\)"):
+        InfoNCELoss(margin=margin)
+    if not isinstance(margin, str | bool):
+        from hbt.plan import plan_training
+
+        with pytest.raises(ConfigError, match=r"^config error: loss.margin"):
+            plan_training(make_cfg("train", [f"loss.margin={margin}"]))
+
+
 def test_warmup_linear_step_by_step():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = warmup_linear(optimizer, total_steps=10, warmup_ratio=0.2)  # warmup: ceil(10 * 0.2) = 2 steps

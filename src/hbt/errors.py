@@ -42,3 +42,15 @@ def first_line(err: BaseException) -> str:
     one-line error quotes of a library's report."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def hbt_cause(err: BaseException | None) -> HbtError | None:
+    """The HbtError behind ``err``, following its causes and contexts (hydra.utils.instantiate wraps the
+    errors of the objects it builds), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HbtError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -20,13 +20,17 @@ class InfoNCELoss(nn.Module):
     """Cross-entropy of each query against its positive among all candidates (GradCache, which computes
     this loss for a batch encoded in chunks, is :mod:`hbt.grad_cache`)."""
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False, mask_duplicates: bool = True):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, mask_duplicates: bool = True, margin: float = 0.0):
         super().__init__()
         self.mask_duplicates = mask_duplicates
         if temperature <= 0:
             raise ConfigError("loss.temperature", f"must be > 0, got {temperature}")
+        # Cosines lie in [-1, 1]: a margin of 2 or more would rank every positive below every negative.
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 2:
+            raise ConfigError("loss.margin", f"must be in [0, 2) (cosine similarity), got {margin!r}")
         self.temperature = temperature
         self.symmetric = symmetric
+        self.margin = float(margin)
 
     def forward(
         self,
@@ -41,9 +45,13 @@ class InfoNCELoss(nn.Module):
         ``targets`` [B] holds each query's positive row. With ``symmetric``, positives also retrieve their
         query among ``all_queries`` (the gathered queries; defaults to ``queries``). ``mask`` [B, P] and
         ``back_mask`` [B, len(all_queries)] mark candidates that are no negatives (duplicates of the
-        positive, see ``duplicate_masks``); they are left out of the softmax."""
+        positive, see ``duplicate_masks``); they are left out of the softmax. With ``margin`` m (LaBSE's
+        additive-margin softmax), each positive's cosine enters the softmax as cos - m, in both directions;
+        the statistics are those of the plain cosines."""
         logits = queries @ passages.T / self.temperature
         sims = logits.detach() * self.temperature
+        if self.margin:
+            logits = logits - self._margin_at(logits, targets)
         if mask is not None:
             logits = logits.masked_fill(mask, float("-inf"))
         loss = F.cross_entropy(logits, targets)
@@ -51,10 +59,14 @@ class InfoNCELoss(nn.Module):
             all_queries = queries if all_queries is None else all_queries
             # Positives come first in ``passages``, row-aligned with ``all_queries``: the target is the same row.
             back = passages[targets] @ all_queries.T / self.temperature
+            if self.margin:
+                back = back - self._margin_at(back, targets)
             if back_mask is not None:
                 back = back.masked_fill(back_mask, float("-inf"))
             loss = (loss + F.cross_entropy(back, targets)) / 2
         with torch.no_grad():
+            if self.margin:
+                logits = logits + self._margin_at(logits, targets)  # accuracy on the plain cosines
             positive = sims.gather(1, targets[:, None]).squeeze(1)
             negative = torch.ones_like(sims, dtype=torch.bool).scatter_(1, targets[:, None], False)
             if mask is not None:
@@ -66,6 +78,11 @@ class InfoNCELoss(nn.Module):
                 "masked": mask.sum().float() if mask is not None else torch.zeros((), device=sims.device),
             }
         return loss, stats
+
+    def _margin_at(self, like: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """margin / temperature at each row's target column, zero elsewhere (shaped and typed as ``like``)."""
+        at = torch.zeros_like(like)
+        return at.scatter_(1, targets[:, None], self.margin / self.temperature)
 
 
 def row_keys(inputs: dict[str, torch.Tensor]) -> torch.Tensor:

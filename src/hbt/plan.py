@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from hbt.cli import check_targets
-from hbt.errors import ConfigError
+from hbt.errors import ConfigError, hbt_cause
 from hbt.grad_cache import GradCache
 from hbt.hardware import default_precision, uses_gpu
 from hbt.loss import InfoNCELoss
@@ -72,7 +72,13 @@ def plan_training(cfg: DictConfig) -> RunPlan:
             fused = bool(optimizer.fused)
     sampler = config.sampler
     check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), config.data.get("batch_size"), sampler.get("ratio_schedule"))
-    loss = instantiate(config.loss)  # its temperature is checked by building it
+    try:
+        loss = instantiate(config.loss)  # its temperature and margin are checked by building it
+    except Exception as err:  # instantiate wraps the loss's own one-line error
+        cause = hbt_cause(err)
+        if cause is None:
+            raise
+        raise cause from None
     chunk = (config.get("grad_cache") or {}).get("chunk_size")
     grad_cache = GradCache(chunk) if chunk is not None else None
     fsdp = is_fsdp(config.trainer)

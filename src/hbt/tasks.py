@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
 from hbt.cli import check_targets
 from hbt.compat import fsdp_full_precision_in_eval
-from hbt.errors import ConfigError, HbtError, OutputError
+from hbt.errors import ConfigError, HbtError, OutputError, hbt_cause
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.models.encoder import Encoder
@@ -240,16 +240,6 @@ def _prepare_output(cfg: DictConfig) -> Path:
     return out
 
 
-def _hbt_cause(err: BaseException | None) -> HbtError | None:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, HbtError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
 class _NoTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
@@ -290,7 +280,7 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         try:
             metrics, _ = task(cfg)
         except Exception as wrapped:  # hydra.utils.instantiate wraps errors raised by the objects it builds
-            cause = _hbt_cause(wrapped)
+            cause = hbt_cause(wrapped)
             if cause is None or cause is wrapped:
                 raise
             raise cause from None

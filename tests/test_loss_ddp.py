@@ -118,6 +118,12 @@ def _worker(rank, world, port, chunk_size, out_dir, ddp=False):
         dist.all_reduce(mean_loss)
         grads = {n: p.grad for n, p in module.encoder.named_parameters() if p.grad is not None}
         torch.save({"loss": mean_loss.item() / world, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+        if ddp:
+            # Tearing down DDP's reducer and the gloo group at interpreter exit can deadlock (a gloo worker
+            # thread waits for the GIL the main thread holds while it joins that thread): both ranks have
+            # saved, so they leave without running destructors.
+            dist.barrier()
+            os._exit(0)
     finally:
         dist.destroy_process_group()
 

@@ -97,3 +97,15 @@ def test_a_datasets_fingerprint_follows_its_content():
     changed = table.map(lambda row: {"a": row["a"] + 1})
     assert isinstance(compat.dataset_fingerprint(table), str) and compat.dataset_fingerprint(table)
     assert compat.dataset_fingerprint(changed) != compat.dataset_fingerprint(table)
+
+
+def test_default_store_is_the_process_groups_store(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        store = compat.default_store()
+        store.set("hbt-test", "1")
+        assert store.get("hbt-test") == b"1" and store.multi_get(["hbt-test"]) == [b"1"]
+    finally:
+        dist.destroy_process_group()

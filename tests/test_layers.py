@@ -18,6 +18,7 @@ LAYERS = [
             "hbt.data.schema",
             "hbt.stats",
             "hbt.checkpointing",
+            "hbt.watchdog",
             "hbt.sweeps",
             "hbt.results",
             "hbt.compat",

@@ -189,13 +189,14 @@ def test_sigterm_under_ddp_checkpoints_exits_and_resumes_exactly(tmp_path):
     assert (tmp_path / "all" / "results.json").read_text() == (tmp_path / "full" / "results.json").read_text()
 
 
-def test_ckpt_path_auto_starts_fresh_or_resumes(tmp_path):
+def test_ckpt_path_auto_starts_fresh_without_checkpoints(tmp_path):
+    """(Resuming, and skipping damaged checkpoints: tests/test_faults.py.)"""
     from hbt.checkpointing import resolve_ckpt_path
 
     assert resolve_ckpt_path("auto", tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+    (tmp_path / "checkpoints" / "notes.txt").write_text("not a checkpoint")
+    assert resolve_ckpt_path("auto", tmp_path) is None
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,9 @@ small all-reduce, so they all stop after the same step and write the checkpoint 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import random
 import signal
@@ -32,12 +35,14 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hbt.compat import launched_processes, request_graceful_stop
 from hbt.distributed import rank_and_world
-from hbt.errors import ConfigError
+from hbt.errors import ConfigError, OutputError, first_line, write_failure
 
+log = logging.getLogger(__name__)
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)
 CONFIG_KEY = "hbt_config"
 RNG_KEY = "hbt_rng"
@@ -168,16 +173,155 @@ class InterruptCheckpoint(L.Callback):
             )
 
 
+# -- which checkpoint a run resumes from ----------------------------------------------------------------
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint ckpt_path=auto skipped is kept under this name, never deleted
+_CHOICE_ENV = "_HBT_RESUME_CHOICE"  # rank zero's choice, read by the ranks Lightning launches from it
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot resume a run, or None when it loads. The check opens the file as a resume would
+    (``weights_only``), memory-mapped, so only its directory and pickled structure are read, not its
+    tensors: a truncated or unreadable file is caught; damage inside tensor data that leaves the zip
+    directory intact is not (docs/reliability.md)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        return _loading_problem(err)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
+        return "not a Lightning training checkpoint"
+    if not checkpoint.get(CONFIG_KEY):
+        return "not an hbt training checkpoint"
+    return None
+
+
+def _loading_problem(err: Exception) -> str:
+    text = first_line(err)
+    if "central directory" in text or "mmap can only be used" in text:
+        return "truncated or not a checkpoint archive"
+    return text.split(". ")[0][:160]
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last``: this run directory's ``checkpoints/last.ckpt``; ``auto``: the same if it exists, else
-    none (a requeued job's first start); otherwise a path that must exist."""
+    """The checkpoint ``trainer.fit`` resumes from, checked before training starts.
+
+    ``last``: this run directory's ``checkpoints/last.ckpt``; a path: that file; either must load, else one
+    line names it. ``auto`` (a requeued job): the newest ``checkpoints/*.ckpt`` (by modification time) that
+    loads, or none when the directory holds no checkpoint (a first start). Each newer one that does not
+    load is skipped with a warning and renamed to ``<name>.damaged`` (kept, never overwritten by the resumed
+    run's next checkpoint of that name); when none loads the run stops with one line.
+
+    Rank zero decides; the ranks Lightning launches from it take its choice (they inherit it through the
+    environment: :func:`share_choice`); ranks started by a cluster launcher decide alike from the same
+    files, and :func:`agree_on_resume` checks that they did."""
     if not ckpt_path:
         return None
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
-        return str(last) if last.is_file() else None
-    path = last if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        hint = "; point hydra.run.dir at the interrupted run's directory" if ckpt_path == "last" else ""
-        raise ConfigError("ckpt_path", f"no checkpoint at {path}{hint}")
-    return str(path)
+    shared = os.environ.get(_CHOICE_ENV)
+    if shared is not None:
+        directory, choice = json.loads(shared)
+        if directory == str(output_dir):
+            return choice
+    folder = output_dir / "checkpoints"
+    if ckpt_path != "auto":
+        path = folder / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+        if not path.is_file():
+            hint = "; point hydra.run.dir at the interrupted run's directory" if ckpt_path == "last" else ""
+            raise ConfigError("ckpt_path", f"no checkpoint at {path}{hint}")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ConfigError("ckpt_path", f"{path} does not load ({problem}); ckpt_path=auto resumes from the newest checkpoint that does")
+        return str(path)
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True) if folder.is_dir() else []
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for damaged, why in skipped:
+                _set_aside(damaged, why, path)
+            return str(path)
+        skipped.append((path, problem))
+    if skipped:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise ConfigError("ckpt_path", f"auto: no checkpoint in {folder} loads ({listed}); start afresh in a new hydra.run.dir")
+    return None
+
+
+def _set_aside(path: Path, why: str, chosen: Path) -> None:
+    if not _launching_rank_zero():
+        log.warning("ckpt_path=auto: skipped %s (%s); resuming from %s", path, why, chosen)
+        return
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    number = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}.{number}")
+        number += 1
+    path.rename(target)
+    log.warning("ckpt_path=auto: skipped %s (%s), kept as %s; resuming from %s", path, why, target.name, chosen)
+
+
+def _launching_rank_zero() -> bool:
+    """Before the process group exists: is this the job's first process (no launcher gave it a rank)?"""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def share_choice(output_dir: Path, choice: str | None):
+    """While ``trainer.fit`` launches the other ranks of this node, they inherit rank zero's choice."""
+    previous = os.environ.get(_CHOICE_ENV)
+    os.environ[_CHOICE_ENV] = json.dumps([str(output_dir), choice])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_CHOICE_ENV, None)
+        else:
+            os.environ[_CHOICE_ENV] = previous
+
+
+def agree_on_resume(choice: str | None) -> None:
+    """Once the process group exists: every rank resumes from the same checkpoint, or one line says not."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    choices: list = [None] * world
+    dist.all_gather_object(choices, choice)
+    if len(set(choices)) > 1:
+        raise ConfigError("ckpt_path", f"the ranks chose different checkpoints to resume from ({choices}); give ckpt_path=<file>")
+
+
+# -- writing: atomic, and a failed write is one line -------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made safe for full or failing disks. Lightning serialises the whole
+    checkpoint in memory, writes it to the system's temporary directory and moves it into place (a copy
+    when that is another filesystem, so a failure can leave a half file under the final name). This one
+    streams ``torch.save`` into a temporary file beside the target, syncs it and renames it over the
+    target: the target is either the earlier complete file or the new complete one. A write that fails
+    (no space, quota, permissions) removes the temporary file and is one line naming the checkpoint; the
+    earlier checkpoints stay as they were."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yields a temporary path beside ``path``; on success it replaces ``path`` (synced), on failure it is
+    removed and an ``OSError`` becomes one :class:`~hbt.errors.OutputError` line naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        why = write_failure(err) if isinstance(err, Exception) else None
+        if why is not None:
+            raise OutputError(str(path), f"could not be written ({why}); earlier files are as they were") from None
+        raise

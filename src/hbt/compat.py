@@ -34,6 +34,14 @@ def launched_processes(trainer) -> list:
     return list(getattr(launcher, "procs", None) or [])
 
 
+def default_store():
+    """The store the default process group was rendezvoused through (torch keeps it private): the rank
+    watchdog's fallback where no MASTER_ADDR / MASTER_PORT names it."""
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
+
+
 def request_graceful_stop(trainer) -> None:
     """Tell Lightning's loop that SIGTERM arrived: it stops at the end of the current batch as if it had
     caught the signal itself (Lightning 2.x reads this flag)."""

@@ -54,3 +54,20 @@ def hbt_cause(err: BaseException | None) -> HbtError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why a write failed, when ``err`` is the operating system refusing it (no space, quota, permissions,
+    a file size limit), however the writing library wrapped it (torch raises a RuntimeError from its
+    zip writer over the OSError; safetensors its own error naming the OS error); else None."""
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current.strerror or str(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    text = str(err)
+    if "I/O error: " in text:
+        return text.split("I/O error: ", 1)[1].split(" (os error")[0]
+    return None

@@ -24,10 +24,19 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hbt.checkpointing import CONFIG_KEY, INTERRUPTS, encoder_state, read_checkpoint, resolve_ckpt_path
+from hbt.checkpointing import (
+    CONFIG_KEY,
+    INTERRUPTS,
+    AtomicCheckpointIO,
+    atomic_file,
+    encoder_state,
+    read_checkpoint,
+    resolve_ckpt_path,
+    share_choice,
+)
 from hbt.cli import check_targets
 from hbt.compat import fsdp_full_precision_in_eval
-from hbt.errors import ConfigError, HbtError, OutputError, hbt_cause
+from hbt.errors import ConfigError, HbtError, OutputError, hbt_cause, write_failure
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
 from hbt.models.encoder import Encoder
@@ -37,6 +46,7 @@ from hbt.results import Results, dumps, flatten_macro, results_table
 from hbt.strategies import fsdp_strategy, full_parameters
 from hbt.sweeps import clear_failure, record_failure
 from hbt.tracking import finish_wandb, log_final_results
+from hbt.watchdog import WatchRanks, check_timeout, explain_failure, start_watchdog, stop_watchdog
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -65,6 +75,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     out = _prepare_output(cfg)
     log.info("training in %s (trainer.precision)", plan.precision)
     check_fits_cpu(plan)
+    watch = check_timeout(cfg.get("lost_rank_timeout_s"))
+    resume = resolve_ckpt_path(cfg.ckpt_path, out)  # before anything is built: a damaged checkpoint is skipped or one line
     L.seed_everything(cfg.seed, workers=True)
     encoder: Encoder = instantiate(cfg.model)
     if plan.compile is not None:
@@ -81,13 +93,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule = instantiate(cfg.data, sampler=instantiate(cfg.sampler, _convert_="all"), _convert_="all")
     datamodule.attach_tokenizer(encoder.text_tokenizer)
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
+    callbacks.append(WatchRanks(watch, resume))  # under DDP: one resume choice, and a lost rank ends the job
     loggers = make_loggers(cfg)
     strategy = {"strategy": fsdp_strategy(cfg.trainer.strategy, encoder)} if plan.fsdp else {}
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **strategy)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()], **strategy)
     for logger in loggers:
         logger.log_hyperparams(module.run_config)
     with fsdp_full_precision_in_eval() if plan.fsdp else contextlib.nullcontext():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, out))
+        with share_choice(out, resume):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
     metrics: dict = {}
     if plan.fsdp:
@@ -104,6 +118,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         write_results(out, results, cfg, per_query)
         log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
+    stop_watchdog()  # the ranks now leave at their own pace
     if trainer.is_global_zero:
         optimized_value(cfg, metrics)  # a name the run did not compute stops here, after the results are written
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
@@ -134,12 +149,15 @@ def launch_devices(trainer_cfg: DictConfig | None):
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     check_targets(cfg)
     out = _prepare_output(cfg)
+    watch = check_timeout(cfg.get("lost_rank_timeout_s"))
     fabric = launch_devices(cfg.get("trainer"))
+    start_watchdog(watch)
     L.seed_everything(cfg.seed, workers=True)
     evaluator: Evaluator = instantiate(cfg.evaluator, _convert_="all")  # its bad values stop before the model loads
     encoder = load_encoder(cfg)
     encoder = encoder.to(fabric.device)
     results, per_query = run_evaluation(cfg, encoder, verbose=fabric.is_global_zero, evaluator=evaluator)
+    stop_watchdog()  # encoding is over: rank 0 writes alone
     if not fabric.is_global_zero:  # the other ranks took part in encoding; rank 0 writes and logs
         return {}, {"encoder": encoder}
     metrics = flatten_macro(results, "test")
@@ -203,13 +221,21 @@ def export_sharded(trainer: L.Trainer, cfg: DictConfig, directory: Path) -> None
 
 
 def export_encoder(encoder: Encoder, directory: Path) -> None:
-    """Write the exported model next to the final location, then move it in one rename."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save_pretrained(tmp)
+    """Write the exported model next to the final location, then move it in one rename. A write that fails
+    (no space, quota, permissions) removes the partial copy and is one line naming the directory."""
     if directory.exists():
         raise OutputError(str(directory), "already exists; not overwriting an exported model")
-    tmp.rename(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        encoder.save_pretrained(tmp)
+        tmp.rename(directory)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = write_failure(err)
+        if why is None:
+            raise
+        raise OutputError(str(directory), f"the export could not be written ({why}); nothing was left there") from None
 
 
 def write_results(out: Path, results: Results, cfg: DictConfig, per_query=None) -> None:
@@ -219,17 +245,16 @@ def write_results(out: Path, results: Results, cfg: DictConfig, per_query=None) 
     if per_query is not None:
         import pyarrow.parquet as pq
 
-        tmp = out / f".{PER_QUERY_FILE}.tmp"
-        pq.write_table(per_query, tmp, compression="zstd")
-        os.replace(tmp, out / PER_QUERY_FILE)
+        with atomic_file(out / PER_QUERY_FILE) as tmp:
+            pq.write_table(per_query, tmp, compression="zstd")
     _atomic_write(out / RESULTS_FILE, dumps(results))
     log.info("results written to %s", out / RESULTS_FILE)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """``path`` holds its earlier content or ``text``, never part of it; a failed write is one line."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _prepare_output(cfg: DictConfig) -> Path:
@@ -280,10 +305,12 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         try:
             metrics, _ = task(cfg)
         except Exception as wrapped:  # hydra.utils.instantiate wraps errors raised by the objects it builds
-            cause = hbt_cause(wrapped)
+            cause = hbt_cause(wrapped) or explain_failure()  # a failed collective: the rank that was lost
             if cause is None or cause is wrapped:
                 raise
             raise cause from None
+        finally:
+            stop_watchdog()
     except HbtError as err:
         finish_wandb(exit_code=1)
         print(str(err), file=sys.stderr, flush=True)

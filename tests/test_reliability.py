@@ -218,6 +218,49 @@ def test_a_bad_command_line_is_one_line_naming_the_key(overrides, multirun, line
     assert composition_error(ROOT / "conf", "train", overrides, multirun).startswith(line)
 
 
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        # what the sampling sweepers accept passes: Optuna's interval, tag(log, ...), range, choice, and its
+        # search space given as hydra.sweeper.params.<key>
+        (["hydra/sweeper=optuna", "sampler.ratio=interval(0,1)"], None),
+        (["hydra/sweeper=optuna", "optim.optimizer.lr=tag(log, interval(1e-5, 1e-3))", "sampler.ratio=range(0,1,step=0.5)"], None),
+        (["hydra/sweeper=optuna", "model=choice(mbert,xlmr_base)", "hydra.sweeper.n_trials=4"], None),
+        (["hydra/sweeper=optuna", "hydra.sweeper.params.sampler.ratio=interval(0,1)"], None),
+        (["hydra/sweeper=optuna", "+hydra.sweeper.params.sampler.ratio=interval(0,1)"], None),
+        # ... and is still checked: the searched key, the options of a choice
+        (["hydra/sweeper=optuna", "sampler.ratoi=interval(0,1)"], "config error: sampler.ratoi: no such key"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.params.sampler.ratoi=interval(0,1)"], "config error: sampler.ratoi: no such key"),
+        (["hydra/sweeper=optuna", "model=choice(mbert,xlmr-base)"], "config error: model: no option 'xlmr-base'"),
+        # a search space without a sweeper that samples it
+        (
+            ["sampler.ratio=interval(0,1)"],
+            "config error: sampler.ratio: interval(0,1) is a search space that a sampling sweeper draws from",
+        ),
+        (["hydra/sweeper=optuns"], "config error: hydra/sweeper: no option 'optuns' (available: "),
+    ],
+)
+def test_sampling_sweepers_syntax_passes_the_check_and_is_still_checked(overrides, line):
+    from hbt.cli import composition_error
+
+    error = composition_error(ROOT / "conf", "train", overrides, True)
+    assert error == line if line is None else error.startswith(line), error
+
+
+def test_a_sweepers_search_space_in_the_config_is_checked(tmp_path):
+    """``hydra.sweeper.params`` written in a config (an experiment's search space) is checked like the
+    command line's: each key at both ends of its interval."""
+    from hbt.cli import composition_error
+
+    space = (
+        "defaults:\n  - override hydra/sweeper: optuna\n  - _self_\nx: 0.5\nhydra:\n  sweeper:\n    params:\n      {key}: interval(0, 1)\n"
+    )
+    (tmp_path / "good.yaml").write_text(space.format(key="x"))
+    (tmp_path / "bad.yaml").write_text(space.format(key="y"))
+    assert composition_error(tmp_path, "good", [], True) is None
+    assert composition_error(tmp_path, "bad", [], True).startswith("config error: y: no such key")
+
+
 def test_a_good_command_line_passes_the_check():
     from hbt.cli import composition_error
 

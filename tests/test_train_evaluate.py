@@ -97,6 +97,26 @@ def test_multirun_two_jobs(tmp_path, launcher):
 
 
 @pytest.mark.slow
+def test_an_optuna_sweep_runs_end_to_end_and_records_the_optimized_metric(tmp_path):
+    """Two Optuna trials over a continuous ratio, as the README types it: the sweeper reads what train.py
+    returns (optimized_metric), and its optimization_results.yaml holds the best trial's value."""
+    import yaml
+
+    from hbt.results import flatten_macro, read_results
+
+    metric = "test/toy/multi/map"
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=2", "sampler.ratio=interval(0,1)"]
+    proc = run_cli("train.py", *args, f"optimized_metric={metric}", *FAST, f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    values = {job: flatten_macro(read_results(tmp_path / job / "results.json"), "test")[metric] for job in ("0", "1")}
+    ratios = {job: yaml.safe_load((tmp_path / job / "config.yaml").read_text())["sampler"]["ratio"] for job in ("0", "1")}
+    assert best["name"] == "optuna" and best["best_value"] == max(values.values())
+    assert best["best_params"]["sampler.ratio"] == ratios[max(values, key=values.get)]
+    assert len(set(ratios.values())) == 2 and all(0 <= r <= 1 for r in ratios.values())
+
+
+@pytest.mark.slow
 def test_bad_config_value_is_one_line_and_nonzero(tmp_path):
     # With the W&B logger selected: the value is checked before loggers, models or the trainer start, so
     # the error is the whole output (no W&B or Lightning banners before it).

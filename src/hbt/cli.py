@@ -61,23 +61,80 @@ def composition_error(config_dir: Path, config_name: str, overrides: list[str], 
                 "sweep only with -m; for a list write key=[a,b]"
             )
     # Each swept value once (the other keys at their first value): a sweep's bad option is found before
-    # the jobs before it have run.
-    values = [
-        [f"{o.get_key_element()}={_as_override_value(v)}" for v in o.sweep_iterator()] if o.is_sweep_override() else [o.input_line]
-        for o in parsed
-    ]
-    firsts = [options[0] for options in values if options]
-    trials = [firsts] + [[*firsts[:i], option, *firsts[i + 1 :]] for i, options in enumerate(values) for option in options[1:]]
+    # the jobs before it have run. A search space a sweeper samples (``interval``, ``tag(log, ...)``,
+    # also given as ``hydra.sweeper.params.<key>=...`` or in the config's ``hydra.sweeper.params``) is
+    # checked at its two ends.
+    values = [_trial_values(o) for o in parsed]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir.resolve())):
-            for overrides_once in trials[:MAX_TRIALS]:
-                compose(config_name, overrides=overrides_once, return_hydra_config=True)
+            for overrides_once in _trials(values)[:MAX_TRIALS]:
+                cfg = compose(config_name, overrides=overrides_once, return_hydra_config=True)
+                sampled = [o for o in parsed if _is_sampled(o)]
+                if sampled and str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+                    key, space = sampled[0].get_key_element(), sampled[0].input_line.split("=", 1)[1]
+                    return (
+                        f"config error: {key}: {space} is a search space that a sampling sweeper draws from "
+                        "(add hydra/sweeper=optuna; pip install -e '.[sweep]'); Hydra's basic sweeper takes lists: a,b,c or range(...)"
+                    )
+                searched = _sweeper_params(cfg, parsed) if multirun else []
+                if searched:
+                    for more in _trials([*values, *map(_trial_values, searched)])[:MAX_TRIALS]:
+                        compose(config_name, overrides=more, return_hydra_config=True)
+                    break
     except (HydraException, OmegaConfBaseException) as err:
         return f"config error: {_describe(err)}"
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+SWEEPER_PARAMS = "hydra.sweeper.params."
+
+
+def _trial_values(override) -> list[str]:
+    """The overrides to compose for one command-line override: each value of a grid sweep; both ends of a
+    sampled one; a sweeper's own parameter checked as the key it searches (its ``hydra.sweeper.params``
+    entry itself is the sweeper's to read, so it is left out of the composition)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    key = override.get_key_element()
+    if key.lstrip("+~").startswith(SWEEPER_PARAMS):
+        searched = f"{key.lstrip('+~')[len(SWEEPER_PARAMS) :]}={override.input_line.split('=', 1)[1]}"
+        return _trial_values(OverridesParser.create().parse_overrides([searched])[0])
+    if not override.is_sweep_override():
+        return [override.input_line]
+    try:
+        return [f"{key}={_as_override_value(v)}" for v in override.sweep_iterator()]
+    except HydraException:  # interval(...), possibly tagged: sampled by the sweeper, not enumerable
+        space = override.value()
+        return [f"{key}={_as_override_value(v)}" for v in (space.start, space.end)]
+
+
+def _is_sampled(override) -> bool:
+    from hydra.core.override_parser.types import IntervalSweep
+
+    return override.is_sweep_override() and isinstance(override.value(), IntervalSweep)
+
+
+def _trials(values: list[list[str]]) -> list[list[str]]:
+    firsts = [options[0] for options in values if options]
+    return [firsts] + [[*firsts[:i], option, *firsts[i + 1 :]] for i, options in enumerate(values) for option in options[1:]]
+
+
+def _sweeper_params(cfg, parsed) -> list:
+    """The search space a sweeper plugin reads from the config (``hydra.sweeper.params``, Optuna's and
+    Nevergrad's way), as overrides, less the keys the command line already sweeps."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not params:
+        return []
+    given = {o.get_key_element().lstrip("+~").removeprefix(SWEEPER_PARAMS) for o in parsed}
+    lines = [f"{key}={value}" for key, value in OmegaConf.to_container(params).items() if key not in given]
+    return OverridesParser.create().parse_overrides(lines)
 
 
 def _describe(err: BaseException) -> str:
@@ -91,7 +148,8 @@ def _describe(err: BaseException) -> str:
         group, name = option.groups()
         available = re.findall(r"^\t(\S+)$", text, flags=re.MULTILINE)
         shown = ", ".join(a for a in available if not a.startswith("_"))
-        return f"{group}: no option '{name}'" + (f" (available: {shown})" if shown else "")
+        hint = "; a sweeper plugin: pip install -e '.[sweep]' for optuna" if group == "hydra/sweeper" else ""
+        return f"{group}: no option '{name}'" + (f" (available: {shown})" if shown else "") + hint
     cause = err.__cause__
     return first_line(err) + (f" ({first_line(cause)})" if cause is not None else "")
 

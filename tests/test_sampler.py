@@ -177,3 +177,106 @@ def test_values_needing_no_data_are_checked_alone_with_one_line_each():
         with pytest.raises(ConfigError) as err:
             check_settings(*args)
         assert str(err.value).startswith("config error: " + message), str(err.value)
+
+
+# -- sampling temperature ------------------------------------------------------------------------------
+# Unbalanced: every item in English, 40% also in German, 5% also in Swahili.
+UNBALANCED = [["en", "de", "sw"] if i % 20 == 0 else ["en", "de"] if i % 5 < 2 else ["en"] for i in range(20_000)]
+CRITICAL = {1: 10.83, 2: 13.82}  # chi-square at p = 0.001 by degrees of freedom
+
+
+def chi_square(observed: np.ndarray, expected: np.ndarray) -> float:
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 1 / 0.3, float("inf")])
+def test_x_x_languages_follow_the_tempered_shares(temperature):
+    """q_l ∝ n_l^(1/T): the X-X batch languages of the first 600 batches (before any language runs short)
+    fit it by a chi-square test; T = 1 is proportional, T = inf uniform."""
+    sampler = HybridBatchSampler(UNBALANCED, batch_size=4, ratio=1.0, seed=11, temperature=temperature)
+    counts = np.array([20_000, 8_000, 1_000], dtype=float)  # en, de, sw
+    expected_shares = counts ** (1 / temperature) / (counts ** (1 / temperature)).sum()
+    order = [sampler.languages.index(lang) for lang in ("en", "de", "sw")]
+    np.testing.assert_allclose(sampler.language_probs[order], expected_shares)
+    drawn = [batch[0].query_lang for batch in itertools.islice(iter(sampler), 600)]
+    observed = np.array([drawn.count(lang) for lang in ("en", "de", "sw")], dtype=float)
+    assert chi_square(observed, expected_shares * len(drawn)) < CRITICAL[2], (observed, expected_shares)
+
+
+def test_temperature_composes_with_language_weights():
+    sampler = HybridBatchSampler(UNBALANCED, batch_size=4, ratio=1.0, temperature=1.0, language_weights={"en": 0.0, "de": 1.0, "sw": 1.0})
+    probs = dict(zip(sampler.languages, sampler.language_probs))
+    assert probs["en"] == 0 and probs["de"] == pytest.approx(8 / 9) and probs["sw"] == pytest.approx(1 / 9)
+
+
+@pytest.mark.parametrize("temperature", [1.0, float("inf")])
+def test_x_y_pairs_draw_languages_by_the_tempered_pair_weights(temperature):
+    """Per X-Y pair, the query language is drawn among the item's languages with weight q_l / n_l: given the
+    items the epoch drew, the expected count of each query language is exact, and the draw fits it."""
+    sampler = HybridBatchSampler(UNBALANCED, batch_size=8, ratio=0.0, seed=5, temperature=temperature)
+    pairs = [ref for batch in sampler for ref in batch]
+    index = {lang: i for i, lang in enumerate(sampler.languages)}
+    expected = np.zeros(len(index))
+    for ref in pairs:
+        weights = sampler.pair_weights[[index[lang] for lang in sampler.item_languages[ref.item]]]
+        for lang, w in zip(sampler.item_languages[ref.item], weights / weights.sum()):
+            expected[index[lang]] += w
+    observed = np.array([sum(ref.query_lang == lang for ref in pairs) for lang in sampler.languages], dtype=float)
+    assert chi_square(observed, expected) < CRITICAL[2], (observed, expected)
+    assert all(ref.query_lang != ref.passage_lang for ref in pairs)
+    sw = observed[index["sw"]] / observed.sum()
+    # Swahili is in 1,000 of the 8,000 items with two languages: a third of their queries at T = 1 (4%), 85%
+    # at T = inf (11%): up-weighted as far as the items allow (each item is used once per epoch)
+    assert (0.09 < sw < 0.12) if temperature == float("inf") else (0.03 < sw < 0.055), sw
+
+
+def test_temperature_keeps_ranks_in_step_and_resume_exact():
+    items = UNBALANCED[:4000]
+    kwargs = {"batch_size": 4, "ratio": 0.5, "seed": 3, "temperature": 2.0}
+    rank0 = list(HybridBatchSampler(items, rank=0, world_size=2, **kwargs))
+    rank1 = list(HybridBatchSampler(items, rank=1, world_size=2, **kwargs))
+    whole = list(HybridBatchSampler(items, batch_size=8, ratio=0.5, seed=3, temperature=2.0))
+    assert [a + b for a, b in zip(rank0, rank1)] == whole
+    interrupted = HybridBatchSampler(items, **kwargs)
+    stream = iter(interrupted)
+    head = [next(stream) for _ in range(50)]
+    resumed = HybridBatchSampler(items, **kwargs)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert head + list(resumed) == list(HybridBatchSampler(items, **kwargs))
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, "hot", True])
+def test_a_temperature_that_is_not_positive_is_one_line(temperature):
+    from hbt.sampling import check_settings
+
+    with pytest.raises(ConfigError, match=r"^config error: sampler.temperature: must be > 0"):
+        check_settings(0.5, "batch", 4, None, temperature)
+
+
+class ReferencePool:
+    """The pool's definition, computed the slow way: the first n unused qualifying items in shuffled order,
+    none used when fewer are left."""
+
+    def __init__(self, order):
+        self.order = [int(i) for i in order]
+        self.used: set[int] = set()
+
+    def take(self, n, kind, qualifies):
+        picked = [item for item in self.order if qualifies[item] and item not in self.used][:n]
+        if len(picked) < n:
+            return None
+        self.used.update(picked)
+        return picked
+
+
+@pytest.mark.parametrize("ratio,mode", [(0.0, "batch"), (0.5, "batch"), (1.0, "batch"), (0.5, "example")])
+def test_the_pool_draws_what_its_definition_says(monkeypatch, ratio, mode):
+    """The linear-time pool (one cursor per kind of draw) gives the epochs its slow definition gives, on
+    unbalanced data where languages run out and draws fall back."""
+    import hbt.sampling
+
+    items = UNBALANCED[:1500]
+    fast = list(HybridBatchSampler(items, batch_size=8, ratio=ratio, mode=mode, seed=2).global_batches(1))
+    monkeypatch.setattr(hbt.sampling, "_Pool", ReferencePool)
+    assert fast == list(HybridBatchSampler(items, batch_size=8, ratio=ratio, mode=mode, seed=2).global_batches(1))
+    assert len(fast) > 50

@@ -71,7 +71,13 @@ def plan_training(cfg: DictConfig) -> RunPlan:
                 optimizer.fused = False
             fused = bool(optimizer.fused)
     sampler = config.sampler
-    check_settings(sampler.get("ratio"), sampler.get("mode", "batch"), config.data.get("batch_size"), sampler.get("ratio_schedule"))
+    check_settings(
+        sampler.get("ratio"),
+        sampler.get("mode", "batch"),
+        config.data.get("batch_size"),
+        sampler.get("ratio_schedule"),
+        sampler.get("temperature"),
+    )
     try:
         loss = instantiate(config.loss)  # its temperature and margin are checked by building it
     except Exception as err:  # instantiate wraps the loss's own one-line error

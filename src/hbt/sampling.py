@@ -36,7 +36,7 @@ class PairRef:
         return self.query_lang == self.passage_lang
 
 
-def check_settings(ratio, mode: str = "batch", batch_size=1, ratio_schedule=None) -> None:
+def check_settings(ratio, mode: str = "batch", batch_size=1, ratio_schedule=None, temperature=None) -> None:
     """The sampler's values that need no data, one line naming the key for a bad one. The entry points
     call it before anything heavy starts (models, loggers, the trainer); the sampler calls it again."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
@@ -45,6 +45,10 @@ def check_settings(ratio, mode: str = "batch", batch_size=1, ratio_schedule=None
         raise ConfigError("sampler.mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("data.batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0):
+        raise ConfigError(
+            "sampler.temperature", f"must be > 0 (1: proportional to each language's items; .inf: uniform) or null, got {temperature!r}"
+        )
     for point in ratio_schedule or []:
         if len(point) != 2 or not all(isinstance(v, (int, float)) for v in point) or not 0.0 <= float(point[1]) <= 1.0:
             raise ConfigError("sampler.ratio_schedule", f"expected [[epoch, ratio], ...] with ratios in [0, 1], got {list(point)}")
@@ -68,10 +72,11 @@ class HybridBatchSampler:
         world_size: int = 1,
         language_weights: dict[str, float] | None = None,
         ratio_schedule: Sequence[Sequence[float]] | None = None,
+        temperature: float | None = None,
     ):
-        check_settings(ratio, mode, batch_size, ratio_schedule)
+        check_settings(ratio, mode, batch_size, ratio_schedule, temperature)
         self.languages = sorted({lang for langs in item_languages for lang in langs})
-        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        self.lang_index = lang_index = {lang: i for i, lang in enumerate(self.languages)}
         self.has_lang = np.zeros((len(item_languages), len(self.languages)), dtype=bool)
         for i, langs in enumerate(item_languages):
             self.has_lang[i, [lang_index[lang] for lang in langs]] = True
@@ -84,7 +89,14 @@ class HybridBatchSampler:
         self.world_size = world_size
         self.global_batch_size = batch_size * world_size
         self.ratio_schedule = [tuple(map(float, point)) for point in ratio_schedule or []]
+        self.temperature = None if temperature is None else float(temperature)
+        self.language_shares = self._tempered_shares()
         self.language_probs = self._language_probs(language_weights)
+        # X-Y pairs: within an item, language l weighs share_l / items_l, which moves each language's share
+        # of X-Y pairs toward the tempered shares as far as the items' languages allow (each item is used
+        # once per epoch; at T = 1 all weigh the same).
+        self.pair_weights = None if self.temperature is None else self.language_shares / np.maximum(self.has_lang.sum(0), 1)
+        self.log_pair_weights = None if self.pair_weights is None else np.log(self.pair_weights)
         self.epoch = 0
         self._start_step = 0
         self._length_cache: tuple[int, int] = (-1, 0)
@@ -93,15 +105,27 @@ class HybridBatchSampler:
         self._validate()
 
     # -- configuration checks: fail before training, one line each ------------------------------
-    def _language_probs(self, weights: dict[str, float] | None) -> np.ndarray:
-        if not weights:
+    def _tempered_shares(self) -> np.ndarray:
+        """Each language's share of the draw: proportional to its items raised to 1/T (XLM's and mT5's
+        sampling temperature; T = 1 proportional, T -> inf uniform); uniform when no temperature is set
+        (the paper's draw)."""
+        counts = self.has_lang.sum(0).astype(float)
+        if self.temperature is None or not counts.sum():
             return np.full(len(self.languages), 1.0 / max(len(self.languages), 1))
+        shares = (counts / counts.max()) ** (1.0 / self.temperature)
+        return shares / shares.sum()
+
+    def _language_probs(self, weights: dict[str, float] | None) -> np.ndarray:
+        """X-X batches: the tempered shares times ``language_weights`` (when given), renormalised."""
+        if not weights:
+            return self.language_shares
         unknown = sorted(set(weights) - set(self.languages))
         if unknown:
             raise ConfigError("sampler.language_weights", f"languages {unknown} are not in the training data")
         raw = np.array([float(weights.get(lang, 0.0)) for lang in self.languages])
         if (raw < 0).any() or raw.sum() <= 0:
             raise ConfigError("sampler.language_weights", "weights must be non-negative and not all zero")
+        raw = raw * self.language_shares
         return raw / raw.sum()
 
     def _validate(self) -> None:
@@ -178,7 +202,7 @@ class HybridBatchSampler:
         for step in range(self._max_steps()):
             ratio = self.ratio_at(step)
             if self.mode == "example":
-                picked = pool.take(self.global_batch_size, any_lang)
+                picked = pool.take(self.global_batch_size, "any", any_lang)
                 if picked is None:
                     return
                 yield [self._example_pair(int(i), ratio, rng) for i in picked]
@@ -202,7 +226,7 @@ class HybridBatchSampler:
             probs = np.where(probs > 0, probs, 1e-12)
         while probs.sum() > 0:
             lang = int(rng.choice(len(self.languages), p=probs / probs.sum()))
-            picked = pool.take(self.global_batch_size, self.has_lang[:, lang])
+            picked = pool.take(self.global_batch_size, lang, self.has_lang[:, lang])
             if picked is not None:
                 name = self.languages[lang]
                 return [PairRef(int(i), name, name) for i in picked]
@@ -210,13 +234,19 @@ class HybridBatchSampler:
         return None
 
     def _cross_batch(self, pool: _Pool, two_langs: np.ndarray, rng: np.random.Generator) -> list[PairRef] | None:
-        picked = pool.take(self.global_batch_size, two_langs)
+        picked = pool.take(self.global_batch_size, "two", two_langs)
         return None if picked is None else [self._cross_pair(int(i), rng) for i in picked]
 
     def _cross_pair(self, item: int, rng: np.random.Generator) -> PairRef:
-        """Uniform over the item's ordered language pairs (q != p)."""
+        """Uniform over the item's ordered language pairs (q != p); with a temperature, the query language
+        drawn by ``pair_weights`` among the item's languages, then the passage language among the rest."""
         langs = self.item_languages[item]
-        q, p = rng.choice(len(langs), size=2, replace=False)
+        if self.pair_weights is None:
+            q, p = rng.choice(len(langs), size=2, replace=False)
+        else:
+            # Gumbel top-2: the query drawn in proportion to the weights, then the passage among the rest
+            keys = self.log_pair_weights[[self.lang_index[lang] for lang in langs]] + rng.gumbel(size=len(langs))
+            q, p = np.argpartition(-keys, 1)[:2]
         return PairRef(item, langs[q], langs[p])
 
     def _example_pair(self, item: int, ratio: float, rng: np.random.Generator) -> PairRef:
@@ -236,25 +266,35 @@ class _EpochForwarder:
 
 
 class _Pool:
-    """Items of one epoch in shuffled order; takes the first ``n`` that qualify, deferring the rest."""
+    """Items of one epoch in shuffled order; ``take`` returns the first ``n`` unused items that qualify,
+    in that order, and marks them used (or, when fewer than ``n`` are left, returns None and uses none).
+
+    One cursor per kind of draw (a language, "two languages", "any language") moves forward only: items
+    before it that qualify are used. An epoch is O(items x kinds), whatever the languages' balance (a
+    list of skipped items, rescanned at every draw, made unbalanced data quadratic)."""
 
     def __init__(self, order: np.ndarray):
         self.order = order
-        self.next = 0
-        self.deferred: list[int] = []
-        self.position = {int(item): i for i, item in enumerate(order)}
+        self.used = np.zeros(len(order), dtype=bool)  # by item
+        self.cursor: dict = {}
+        self.short: dict = {}  # kind -> a count it can no longer fill
 
-    def take(self, n: int, qualifies: np.ndarray) -> list[int] | None:
-        picked: list[int] = []
-        kept: list[int] = []
-        for item in self.deferred:
-            (picked if len(picked) < n and qualifies[item] else kept).append(item)
-        while len(picked) < n and self.next < len(self.order):
-            item = int(self.order[self.next])
-            self.next += 1
-            (picked if qualifies[item] else kept).append(item)
-        if len(picked) < n:  # not enough: nothing is consumed, the items stay for other draws
-            self.deferred = sorted(picked + kept, key=self.position.__getitem__)
+    def take(self, n: int, kind, qualifies: np.ndarray) -> list[int] | None:
+        if self.short.get(kind, n + 1) <= n:
+            return None  # this kind had fewer than n left, and used items never come back
+        order, used = self.order, self.used
+        end = self.cursor.get(kind, 0)
+        found = np.empty(0, dtype=np.int64)  # positions in the order, scanned a growing window at a time
+        window = max(4 * n, 1024)
+        while len(found) < n and end < len(order):
+            stop = min(end + window, len(order))
+            items = order[end:stop]
+            found = np.concatenate([found, np.flatnonzero(qualifies[items] & ~used[items]) + end])
+            end, window = stop, window * 2
+        if len(found) < n:  # not enough: nothing is consumed
+            self.short[kind] = len(found) + 1
             return None
-        self.deferred = kept
-        return picked
+        picked = order[found[:n]]
+        used[picked] = True
+        self.cursor[kind] = int(found[n - 1]) + 1
+        return [int(item) for item in picked]

@@ -155,6 +155,14 @@ def test_trec_benchmark_end_to_end_agrees_with_pytrec_eval(tmp_path):
     ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
     assert result.macro["ndcg@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in ref.values()]), abs=1e-5)
     assert result.macro["recall@100"] == pytest.approx(np.mean([r["recall_100"] for r in ref.values()]), abs=1e-6)
+    # Its run file (evaluator.run_files): the published ids, read back by trec_eval, give the same values.
+    evaluator = Evaluator(searcher=FaissSearcher("flat"), precision="fp32", run_files=True)
+    result = evaluator.run(encoder, {"miracl": full}, run_dir=tmp_path / "runs")["miracl"]["mono"]
+    run, qrels = read_trec(tmp_path / "runs" / "miracl.sw.run", run=True), read_trec(tmp_path / "runs" / "miracl.sw.qrels", run=False)
+    assert set(run) == {qid for qid, _ in judged} and qrels == {qid: data.qrels[qid] for qid in qrels}
+    from_file = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    assert result.macro["ndcg@10"] == pytest.approx(np.mean([r["ndcg_cut_10"] for r in from_file.values()]), abs=1e-6)
+    assert result.macro["recall@100"] == pytest.approx(np.mean([r["recall_100"] for r in from_file.values()]), abs=1e-6)
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
@@ -266,3 +274,53 @@ def test_query_subsets_are_their_own_rows_from_the_same_embeddings(tmp_path):
         evaluator.run(encoder, {"toy": toy}, {"toy": {"none": "re:^zzz$"}})
     with pytest.raises(ConfigError, match=r"eval.toy.query_ids.bad: 1 ids are not queries of toy"):
         evaluator.run(encoder, {"toy": toy}, {"toy": {"bad": ["no-such-id"]}})
+
+
+def read_trec(path, run: bool) -> dict[str, dict[str, float | int]]:
+    table: dict = {}
+    for line in path.read_text().splitlines():
+        qid, _, doc, *rest = line.split()
+        table.setdefault(qid, {})[doc] = float(rest[1]) if run else int(rest[0])
+    return table
+
+
+def test_run_files_give_hbts_metrics_under_trec_eval(tmp_path):
+    """evaluator.run_files=true: each setting's TREC run and qrels, read back by pytrec_eval, give hbt's
+    per-pair MAP, R@1 and R@10 (the depth holds every relevant candidate), and its macro values when the
+    per-query values are grouped by the pair their query id names."""
+    from hbt.eval.toy import toy_benchmark
+
+    torch.manual_seed(0)
+    encoder = Encoder(tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64})
+    bench = toy_benchmark("test", ["en", "de", "zh"])
+    evaluator = Evaluator(precision="fp32", run_files=True, run_depth=400)
+    results = evaluator.run(encoder, {"toy": bench}, run_dir=tmp_path / "runs")["toy"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        f"toy.{s}.{kind}" for s in ("cross", "mono", "multi") for kind in ("qrels", "run")
+    ]
+    for setting in ("mono", "cross", "multi"):
+        run = read_trec(tmp_path / "runs" / f"toy.{setting}.run", run=True)
+        qrels = read_trec(tmp_path / "runs" / f"toy.{setting}.qrels", run=False)
+        assert set(run) == set(qrels) and all(doc.split(":")[0] in bench.languages for ranked in run.values() for doc in ranked)
+        measured = pytrec_eval.RelevanceEvaluator(qrels, {"map", "recall.1,10"}).evaluate(run)
+        by_pair: dict[str, list] = {}
+        for qid, values in measured.items():
+            by_pair.setdefault(qid.split(":")[0], []).append(values)
+        block = results[setting]
+        assert set(by_pair) == set(block.pairs)
+        for pair, rows in by_pair.items():
+            ours = block.pairs[pair]
+            assert ours.num_queries == len(rows)
+            for name, trec in (("map", "map"), ("recall@1", "recall_1"), ("recall@10", "recall_10")):
+                assert ours.metrics[name] == pytest.approx(np.mean([r[trec] for r in rows]), abs=1e-9), (setting, pair, name)
+        macro_map = np.mean([np.mean([r["map"] for r in rows]) for rows in by_pair.values()])
+        assert block.macro["map"] == pytest.approx(macro_map, abs=1e-9)
+    multi = read_trec(tmp_path / "runs" / "toy.multi.qrels", run=False)
+    assert all(len({doc.split(":")[0] for doc in docs}) == len(docs) for docs in multi.values())  # one relevant per language
+
+
+def test_run_depth_is_checked():
+    from hbt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluator.run_depth: must be an integer >= 1, got 0"):
+        Evaluator(run_depth=0)

@@ -178,7 +178,7 @@ def run_evaluation(cfg: DictConfig, encoder: Encoder, verbose: bool = True, eval
     benchmarks, subsets = instantiate_benchmarks(cfg.get("eval"))
     for bench in benchmarks.values():
         log.info("evaluating on %s", bench.summary())
-    results = evaluator.run(encoder, benchmarks, subsets)
+    results = evaluator.run(encoder, benchmarks, subsets, run_dir=Path(cfg.paths.output_dir) / "runs")
     if verbose:
         print(results_table(results), flush=True)
     return results, evaluator.query_table()

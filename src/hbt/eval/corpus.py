@@ -17,6 +17,7 @@ from hbt.distributed import rank_and_world
 from hbt.errors import DataError
 from hbt.eval.encoding import TextEncoding
 from hbt.eval.metrics import trec_query_metrics
+from hbt.eval.runs import RunWriter
 from hbt.eval.search import FaissSearcher
 from hbt.eval.sharded import TopK, encode_shards, search_shards, shard_directory_key
 from hbt.eval.trec import TrecBenchmark
@@ -36,9 +37,10 @@ class CorpusSearch:
     searcher: FaissSearcher
     shard_size: int
     shard_dir: str | None = None
+    runs: RunWriter | None = None  # set by the evaluator while it writes run files
 
     def evaluate(
-        self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict[str, set[str]] | None = None
+        self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict[str, set[str]] | None = None, name: str = ""
     ) -> tuple[DatasetResult, dict[str, DatasetResult], list[dict]]:
         """Queries without a positive judgement are skipped. Returns the results, those of each query
         subset (``{subset: query ids}``, averaged over their own queries) and the per-query rows."""
@@ -46,6 +48,8 @@ class CorpusSearch:
         per_language: dict[str, list[tuple[str, dict]]] = {}
         rows: list[dict] = []
         depth = max(bench.ks.values())
+        if self.runs is not None:  # the run files go as deep as asked; the metrics cut their own lists
+            depth = max(depth, self.runs.depth)
         for lang, data in bench.languages.items():
             queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
             if not queries:
@@ -59,6 +63,8 @@ class CorpusSearch:
                 log.warning("%s: %s left out: an empty corpus", bench.name, lang)
                 continue
             per_query = [trec_query_metrics(ranked, data.qrels[qid], bench.ks) for (qid, _), ranked in zip(queries, top.ranked_ids())]
+            if self.runs is not None:
+                self.runs.corpus(name or bench.name, lang, [qid for qid, _ in queries], top, data.qrels)
             per_language[lang] = [(qid, m) for (qid, _), m in zip(queries, per_query)]
             rows.extend(
                 {"dataset": bench.name, "setting": "mono", "pair": f"{lang}-{lang}", "query_id": qid, **m} for qid, m in per_language[lang]

@@ -7,17 +7,20 @@ for TREC-style benchmarks (:mod:`hbt.eval.corpus`). Benchmarks are data (:mod:`h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import torch
 
+from hbt.distributed import rank_and_world
 from hbt.errors import ConfigError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
 from hbt.eval.corpus import CorpusSearch
 from hbt.eval.encoding import TextEncoding, encoder_fingerprint
 from hbt.eval.metrics import AT_K
 from hbt.eval.pools import SETTINGS, PoolRanking, Rows, merge_group
+from hbt.eval.runs import RunWriter
 from hbt.eval.search import FaissSearcher
 from hbt.eval.subsets import check_spec, subset_ids
 from hbt.eval.trec import TrecBenchmark
@@ -56,6 +59,8 @@ class Evaluator:
         max_tokens: int | str | None = "auto",
         embedding_dtype: str = "float32",
         compile: bool = False,
+        run_files: bool = False,
+        run_depth: int = 100,
     ):
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
@@ -70,6 +75,11 @@ class Evaluator:
             raise ConfigError("evaluator.at_k", f"expected a non-empty subset of {list(AT_K)}, got {list(at_k)}")
         if shard_size < 1:
             raise ConfigError("evaluator.shard_size", f"must be >= 1, got {shard_size}")
+        if not isinstance(run_files, bool):
+            raise ConfigError("evaluator.run_files", f"expected true or false, got {run_files!r}")
+        if isinstance(run_depth, bool) or not isinstance(run_depth, int) or run_depth < 1:
+            raise ConfigError("evaluator.run_depth", f"must be an integer >= 1, got {run_depth!r}")
+        self.run_files, self.run_depth = run_files, run_depth
         self.batch_size, self.precision, self.embedding_dtype = batch_size, precision, embedding_dtype
         self.settings = tuple(settings)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -80,11 +90,25 @@ class Evaluator:
         self.corpus = CorpusSearch(self.encoding, searcher or FaissSearcher(), shard_size, shard_dir)
         # Per-query values of the last run() (query_table), set when it ends.
         self.query_rows: Rows | None = None
+        self.runs: RunWriter | None = None  # inside run(), with run_files
 
-    def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None) -> Results:
+    def run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None = None, run_dir: Path | None = None) -> Results:
         """Results per benchmark name; ``subsets`` (``{name: {subset: spec}}``, see
         :mod:`hbt.eval.subsets`) adds ``<name>[<subset>]`` entries computed from the same embeddings. The
-        per-query values of the run are :meth:`query_table`'s."""
+        per-query values of the run are :meth:`query_table`'s. With ``run_files`` and a ``run_dir``, rank
+        zero writes each benchmark's TREC run files and qrels there (:mod:`hbt.eval.runs`)."""
+        write = self.run_files and run_dir is not None and rank_and_world()[0] == 0
+        with RunWriter(run_dir, self.run_depth, self.ranking.score_block) if write else contextlib.nullcontext() as runs:
+            self.runs = self.corpus.runs = runs
+            try:
+                results = self._run(encoder, benchmarks, subsets)
+            finally:
+                self.runs = self.corpus.runs = None
+        if write:
+            log.info("run files written to %s", run_dir)
+        return results
+
+    def _run(self, encoder: Encoder, benchmarks: dict, subsets: dict | None) -> Results:
         for bench in benchmarks.values():
             encoder.text_tokenizer.check_languages(bench.text_languages())
         subsets = {name: check_spec(name, spec) for name, spec in (subsets or {}).items() if spec}
@@ -112,7 +136,7 @@ class Evaluator:
             for name, bench in benchmarks.items():
                 everything = bench.all_queries() if name in subsets else []
                 ids = {subset: subset_ids(name, subset, value, everything) for subset, value in subsets.get(name, {}).items()}
-                results[name], parts, bench_rows = self.evaluate_one(encoder, bench, fingerprint, ids)
+                results[name], parts, bench_rows = self.evaluate_one(encoder, bench, fingerprint, ids, name)
                 results.update({f"{name}[{subset}]": part for subset, part in parts.items()})
                 rows += [dict(row, dataset=name) for row in bench_rows]  # named as in results.json (the config key)
         finally:
@@ -121,22 +145,26 @@ class Evaluator:
         return results
 
     def evaluate_one(
-        self, encoder: Encoder, bench, fingerprint: str = "", subset_ids: dict[str, set[str]] | None = None
+        self, encoder: Encoder, bench, fingerprint: str = "", subset_ids: dict[str, set[str]] | None = None, name: str | None = None
     ) -> tuple[DatasetResult, dict[str, DatasetResult], Rows]:
-        """One benchmark of any kind: its results, those of each query subset, and its per-query rows."""
+        """One benchmark of any kind: its results, those of each query subset, and its per-query rows
+        (``name``: what results.json and the run files call it; the benchmark's own name by default)."""
         subset_ids = subset_ids or {}
+        name = name or bench.name
         if isinstance(bench, TrecBenchmark):
-            return self.corpus.evaluate(encoder, bench, fingerprint, subset_ids)
+            return self.corpus.evaluate(encoder, bench, fingerprint, subset_ids, name)
         if isinstance(bench, BenchmarkGroup):
             parts = {}
-            for name, part in bench.parts.items():
-                part_results, _, part_rows = self.evaluate_one(encoder, part, fingerprint)
-                parts[name] = (part_results, part_rows)
+            for part_name, part in bench.parts.items():
+                part_results, _, part_rows = self.evaluate_one(encoder, part, fingerprint, name=f"{name}.{part_name}")
+                parts[part_name] = (part_results, part_rows)
             results, rows = merge_group(bench, parts)
             return results, {}, rows
         if isinstance(bench, RetrievalBenchmark):
             queries, pools = self.embed(encoder, bench, fingerprint)
             full, rows = self.ranking.score(bench, queries, pools)
+            if self.runs is not None:
+                self.runs.pools(name, bench, queries, pools, [s for s in self.settings if bench.settings is None or s in bench.settings])
             return full, self.ranking.score_subsets(bench, queries, pools, subset_ids), rows
         raise TypeError(f"not a benchmark hbt evaluates: {type(bench).__name__}")
 

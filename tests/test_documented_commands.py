@@ -10,7 +10,6 @@ import importlib
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -42,7 +41,9 @@ def documented_commands() -> list[tuple[str, str]]:
                 candidates = [text] if text.startswith("python ") else []
             else:
                 # a bare module name in prose ("`python -m hbt.report`") names a tool; it is no command
-                candidates = [span for span in re.findall(r"`([^`]+)`", line) if span.startswith("python ") and " " in span.split(" ", 2)[-1]]
+                candidates = [
+                    span for span in re.findall(r"`([^`]+)`", line) if span.startswith("python ") and " " in span.split(" ", 2)[-1]
+                ]
             for command in candidates:
                 if COMMAND.match(command):
                     found.append((f"{doc.relative_to(ROOT)}:{number}", command.split("  #")[0].split(" # ")[0].strip()))

@@ -51,6 +51,68 @@ def test_default_training_writes_results_model_and_checkpoint(trained):
 
 @pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
 @pytest.mark.slow
+def test_the_export_has_a_hub_model_card_and_publishes(trained, monkeypatch, capsys):
+    """model/README.md: metadata huggingface_hub's ModelCard parses (languages, library, tags), the recipe,
+    results.json's macro values, the paper's citation; python -m hbt.publish lists it on a dry run, is one
+    line without a token or offline, and uploads the export folder to the repository it names."""
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    from hbt.publish import main as publish_main
+
+    out, cfg, metrics, objects = trained
+    card = ModelCard.load(out / "model" / "README.md")
+    assert card.data.language == sorted(cfg.data.train.languages)
+    assert card.data.library_name == "sentence-transformers" and "hybrid-batch-training" in card.data.tags
+    assert card.data.get("base_model") is None  # the offline tiny model has no Hub name
+    results = json.loads((out / "results.json").read_text())
+    assert f"| toy | multi | {results['toy']['multi']['macro']['map']:.4f} |" in card.text
+    assert "| hybrid batches: share of X-X (monolingual) batches, α | 0.3 |" in card.text and "arXiv:2408.10536" in card.text
+    assert "| training steps | 6 |" in card.text
+
+    assert publish_main([str(out), "someone/hbt-test", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("would upload") and "  README.md  " in listed and "  model.safetensors  " in listed
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert publish_main([str(out), "someone/hbt-test"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "publish error: no Hugging Face token: run `hf auth login` or set HF_TOKEN, then publish again (--dry-run needs none)"
+    )
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    assert publish_main([str(out), "someone/hbt-test"]) == 1  # the tests run with HF_HUB_OFFLINE=1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("publish error: someone/hbt-test: the Hub could not be reached or refused")
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://huggingface.co/{repo_id}",
+    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    assert publish_main([str(out), "someone/hbt-test", "--private"]) == 0
+    assert calls[0] == ("create", "someone/hbt-test", {"repo_type": "model", "private": True, "exist_ok": True})
+    assert calls[1][1]["folder_path"] == str(out / "model") and calls[1][1]["repo_id"] == "someone/hbt-test"
+
+
+def test_a_model_card_names_the_hub_model_and_dataset_it_came_from():
+    from huggingface_hub import ModelCard
+
+    from hbt.model_card import model_card
+
+    config = {
+        "model": {"name_or_path": "FacebookAI/xlm-roberta-base"},
+        "data": {"train": {"_target_": "hbt.data.loaders.load_mmarco"}, "batch_size": 100},
+        "sampler": {"ratio": 0.5, "mode": "batch"},
+        "optim": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 3e-5, "weight_decay": 0.01}},
+    }
+    card = ModelCard(model_card(config, {}, ["english", "german", "japanese"], 20000))
+    assert card.data.base_model == "FacebookAI/xlm-roberta-base" and card.data.datasets == ["unicamp-dl/mmarco"]
+    assert card.data.language == ["de", "en", "ja"] and "No evaluation was run." in card.text
+    assert "| optimizer | AdamW, lr 3e-05, weight decay 0.01 |" in card.text
+
+
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
+@pytest.mark.slow
 def test_evaluate_on_the_checkpoint_reproduces_training_results(trained, make_cfg, tmp_path):
     out, *_ = trained
     cfg = make_cfg("evaluate", ["logger=csv", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path / "eval")

@@ -39,6 +39,7 @@ from hbt.compat import fsdp_full_precision_in_eval
 from hbt.errors import ConfigError, HbtError, OutputError, hbt_cause, write_failure
 from hbt.eval.retrieval import Evaluator
 from hbt.eval.subsets import instantiate_benchmarks
+from hbt.model_card import write_model_card
 from hbt.models.encoder import Encoder
 from hbt.module import RetrieverModule
 from hbt.plan import check_fits_cpu, plan_training
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         write_results(out, results, cfg, per_query)
+        write_model_card(out / "model", module.run_config, results, datamodule.store.languages, trainer.global_step)
         log_final_results(loggers, results, out / RESULTS_FILE, out / "model")
     trainer.strategy.barrier()
     stop_watchdog()  # the ranks now leave at their own pace

@@ -324,3 +324,47 @@ def test_run_depth_is_checked():
 
     with pytest.raises(ConfigError, match="evaluator.run_depth: must be an integer >= 1, got 0"):
         Evaluator(run_depth=0)
+
+
+def torchmetrics_values(scores: torch.Tensor, relevant: torch.Tensor) -> dict[str, torch.Tensor]:
+    """torchmetrics' retrieval metrics per query, grouped with ``indexes`` as its users call them."""
+    from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision, RetrievalRecall
+
+    indexes = torch.arange(len(scores))[:, None].expand_as(scores).reshape(-1)
+    flat = scores.reshape(-1), relevant.reshape(-1)
+    keep = lambda values, dim=None: values  # noqa: E731 - per-query values
+    return {
+        "map": RetrievalMAP(aggregation=keep)(*flat, indexes=indexes),
+        "recall@10": RetrievalRecall(top_k=10, aggregation=keep)(*flat, indexes=indexes),
+        "precision@10": RetrievalPrecision(top_k=10, aggregation=keep)(*flat, indexes=indexes),
+    }
+
+
+def test_torchmetrics_agrees_where_its_definitions_are_hbts_and_differs_where_they_are_not():
+    """Why hbt keeps its own ranking metrics (eval/metrics.py, docs/evaluation.md): on untied scores whose
+    relevant candidates all score above 0, torchmetrics' MAP, recall@10 and precision@10 equal hbt's (and
+    trec_eval's); torchmetrics counts a relevant candidate scoring <= 0 as not relevant, so where a
+    cosine is negative its AP is not trec_eval's, while hbt's is."""
+    from hbt.eval.metrics import per_query_metrics
+
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.rand(30, 200, generator=generator, dtype=torch.float64) + 0.01  # untied, all > 0
+    cols = torch.stack([torch.randperm(200, generator=generator)[:4] for _ in range(30)])
+    relevant = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, cols, True)
+    valid = torch.ones_like(cols, dtype=torch.bool)
+
+    def ours(scores):
+        return per_query_metrics(pool_ranks(scores, cols, valid)[1], valid, (10,), False, ("recall", "precision"))[1]
+
+    theirs = torchmetrics_values(scores, relevant)
+    for name in ("map", "recall@10", "precision@10"):
+        assert torch.allclose(ours(scores)[name], theirs[name].double(), atol=1e-6), name
+    shifted = scores - 0.5  # some relevant candidates now score below 0; the ranking is the same
+    qrels = {f"q{i}": {f"d{int(c):03d}": 1 for c in cols[i]} for i in range(30)}
+    run = {f"q{i}": {f"d{j:03d}": float(shifted[i, j]) for j in range(200)} for i in range(30)}
+    trec = pytrec_eval.RelevanceEvaluator(qrels, {"map"}).evaluate(run)
+    reference = torch.tensor([trec[f"q{i}"]["map"] for i in range(30)], dtype=torch.float64)
+    assert torch.allclose(ours(shifted)["map"], reference, atol=1e-9)
+    negative = (shifted.gather(1, cols) <= 0).any(1)
+    assert negative.any()
+    assert not torch.allclose(torchmetrics_values(shifted, relevant)["map"].double()[negative], reference[negative], atol=1e-3)

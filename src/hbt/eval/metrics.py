@@ -5,6 +5,15 @@ full ranking (no cut-off). Ties are broken by candidate position, earlier first,
 descending scores would. Ranks are held as a padded ``[queries, R]`` tensor with a ``valid`` mask
 (queries may have different numbers of relevant candidates) so that metrics are computed for all
 queries at once.
+
+Why not torchmetrics' retrieval metrics (the design card's metrics package): they differ in definition
+and are slower here, measured (docs/evaluation.md, "hbt's metrics and torchmetrics"). Its AP and recall
+count a relevant candidate whose score is <= 0 as not relevant (cosine similarities are often negative
+across languages), order tied scores arbitrarily (hbt and trec_eval order them deterministically), and
+need every query x candidate score as a flat tensor where hbt needs only each relevant candidate's rank:
+16x slower on XQuAD-R's multi pools. Where the definitions coincide they agree (tested). What
+torchmetrics lacks altogether also stays here: the LAReQA pools' relevance structure (mono / cross /
+multi from one scoring), rank distance and the language-bias metrics.
 """
 
 from __future__ import annotations

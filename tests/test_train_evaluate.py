@@ -94,6 +94,66 @@ def test_the_export_has_a_hub_model_card_and_publishes(trained, monkeypatch, cap
     assert calls[1][1]["folder_path"] == str(out / "model") and calls[1][1]["repo_id"] == "someone/hbt-test"
 
 
+@pytest.mark.xdist_group("train_evaluate_trained")  # shares the module fixture trained: built once
+@pytest.mark.slow
+def test_the_export_runs_under_mteb_with_hbts_own_scores(trained, tmp_path):
+    """A trained export evaluated by MTEB (loaded with sentence-transformers, prompts mapped to MTEB's
+    query / document types) on a small retrieval task defined for MTEB (the held-out toy split, English
+    queries against the English pool): its nDCG@10, MAP, R@1 and R@10 are hbt's own on the same data and
+    embeddings (hbt's exact fp32 ranking; MTEB rounds to 5 decimals)."""
+    import mteb
+    import torch
+    from mteb.abstasks import AbsTaskRetrieval
+
+    from hbt.eval.metrics import ndcg_at, per_query_metrics
+    from hbt.eval.retrieval import Evaluator
+    from hbt.eval.toy import toy_benchmark
+    from hbt.models.encoder import Encoder
+    from hbt.mteb_run import load_model, run
+
+    out = trained[0]
+    bench = toy_benchmark("test", ["en"])
+    template = mteb.get_tasks(tasks=["NanoArguAnaRetrieval"])[0].metadata  # MTEB's metadata fields, offline
+
+    class ToyEnglish(AbsTaskRetrieval):
+        metadata = template.model_copy(
+            update={"name": "HbtToyEnglish", "description": "hbt's toy test split", "eval_splits": ["test"], "eval_langs": ["eng-Latn"]}
+        )
+
+        def load_data(self, **kwargs):
+            self.corpus = {"test": {doc(i): {"text": text} for i, text in enumerate(bench.candidates["en"])}}
+            self.queries = {"test": dict(bench.queries["en"])}
+            self.relevant_docs = {"test": {qid: {doc(c): 1 for c in cs} for qid, cs in bench.relevant["en"].items()}}
+            self.data_loaded = True
+
+    def doc(position: int) -> str:
+        # trec_eval (MTEB's scorer) orders tied scores by document id, descending; hbt by position,
+        # ascending: these ids make the two orders one (the toy pool has passages of equal text)
+        return f"d{len(bench.candidates['en']) - position:05d}"
+
+    model = load_model(str(out / "model"))
+    assert set(model.prompts) == {"query", "document"}
+    run(model, [ToyEnglish()], tmp_path / "mteb", prediction_folder=tmp_path / "predictions")
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "mteb").rglob("HbtToyEnglish.json")]
+    theirs = result["scores"]["test"][0]
+    # hbt's own metrics on MTEB's own scores (its saved predictions): the same data and embeddings
+    predicted = json.loads((tmp_path / "predictions" / "HbtToyEnglish_predictions.json").read_text())["default"]["test"]
+    qids = [qid for qid, _ in bench.queries["en"]]
+    position = {doc(i): i for i in range(len(bench.candidates["en"]))}
+    ranked = {qid: sorted(predicted[qid], key=lambda d: (-predicted[qid][d], position[d])) for qid in qids}
+    ranks = torch.tensor([[ranked[qid].index(doc(c)) + 1 for c in bench.relevant["en"][qid]] for qid in qids])
+    _, values = per_query_metrics(ranks, torch.ones_like(ranks, dtype=torch.bool), (1, 10), False)
+    ndcg = sum(ndcg_at([1.0 if r == int(rank) else 0.0 for r in range(1, 11)], [1.0], 10) for (rank,) in ranks.tolist()) / len(qids)
+    assert theirs["ndcg_at_10"] == pytest.approx(ndcg, abs=1e-5)
+    assert theirs["map_at_1000"] == pytest.approx(float(values["map"].mean()), abs=1e-5)
+    assert theirs["recall_at_1"] == pytest.approx(float(values["recall@1"].mean()), abs=1e-5)
+    assert theirs["recall_at_10"] == pytest.approx(float(values["recall@10"].mean()), abs=1e-5)
+    # hbt's evaluator, encoding itself: the tiny model's cosines lie within 0.01 of each other, so the
+    # 1e-7 float differences between two batchings of the same model move a few near-tied ranks
+    ours = Evaluator(precision="fp32", settings=("mono",), ks=(1, 10)).run(Encoder.from_exported(out / "model"), {"toy": bench})
+    assert theirs["map_at_1000"] == pytest.approx(ours["toy"]["mono"].pairs["en-en"].metrics["map"], abs=2e-3)
+
+
 def test_a_model_card_names_the_hub_model_and_dataset_it_came_from():
     from huggingface_hub import ModelCard
 

@@ -109,3 +109,20 @@ def test_default_store_is_the_process_groups_store(tmp_path):
         assert store.get("hbt-test") == b"1" and store.multi_get(["hbt-test"]) == [b"1"]
     finally:
         dist.destroy_process_group()
+
+
+def test_lightnings_child_process_observer_can_be_given_nothing_to_watch():
+    import subprocess
+    import sys
+
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    child.wait()
+    observer = _ChildProcessObserver(main_pid=-1, child_processes=[child], sleep_period=3600)
+    observer.start()  # sleeps an hour before its first look: nothing is killed here
+    try:
+        assert compat.stop_child_process_observer() >= 1
+        assert observer._run() is True  # nothing left to watch: it reports finished, and kills no one
+    finally:
+        observer._finished = True

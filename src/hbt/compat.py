@@ -34,6 +34,23 @@ def launched_processes(trainer) -> list:
     return list(getattr(launcher, "procs", None) or [])
 
 
+def stop_child_process_observer() -> int:
+    """Lightning's launcher watches the ranks it started from a thread that, when one exits with an error,
+    SIGKILLs every rank of the node, this one included, without a word. hbt's rank watchdog does that job
+    itself (with one line naming the rank, and telling the other nodes); this gives the observer nothing
+    left to watch, so it ends at its next look. Returns how many observers were stopped."""
+    import threading
+
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    stopped = 0
+    for thread in threading.enumerate():
+        if isinstance(thread, _ChildProcessObserver):
+            thread._child_processes = []  # the launcher keeps its own list (launched_processes reads that)
+            stopped += 1
+    return stopped
+
+
 def default_store():
     """The store the default process group was rendezvoused through (torch keeps it private): the rank
     watchdog's fallback where no MASTER_ADDR / MASTER_PORT names it."""

@@ -3,13 +3,16 @@
 When a rank dies (killed, out of memory, its node gone) the others wait in their next collective: under
 gloo it fails within a second with a transport error that names no rank; under NCCL it can block until the
 process group's timeout (30 minutes by default) with every GPU of the job held. Lightning's launcher kills
-the ranks of one node when one of them exits, silently and only on that node.
+the ranks of one node when one of them exits, silently and only on that node; while the watchdog runs,
+that observer is stopped (:func:`hbt.compat.stop_child_process_observer`) and the watchdog does its job.
 
 Here every rank beats a heartbeat in the store the process group was rendezvoused through (a counter per
 rank, a thread, one round trip per interval for all ranks' counters) and watches the others:
 
-- a rank whose counter has not moved for ``timeout_s`` (and that has not finished normally), a rank this
-  process launched that exited with an error, or the store gone (rank zero hosts it) is lost;
+- a rank whose counter has not moved for ``timeout_s`` (and that has not finished normally), a rank whose
+  process on this host ended (with its exit status where this process launched it), or the store gone
+  (rank zero hosts it) is lost; a rank that stopped on an error of its own said so in the store first,
+  and the others name it as such;
 - the rank that sees it writes which one in the store, prints one line and ends its process (and the
   processes it launched); the others read the line from the store within an interval and end alike.
 
@@ -35,7 +38,7 @@ import lightning as L
 import torch.distributed as dist
 
 from hbt.checkpointing import agree_on_resume
-from hbt.compat import default_store, launched_processes
+from hbt.compat import default_store, launched_processes, stop_child_process_observer
 from hbt.errors import ConfigError, HbtError
 
 _ACTIVE: RankWatchdog | None = None
@@ -65,6 +68,7 @@ class RankWatchdog:
         self.trainer = trainer
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._stop = threading.Event()
+        self.failing = threading.Event()  # this rank's main thread is on an error (explain)
         self.ended: str | None = None  # the line the watchdog thread printed before ending the process
         self._thread: threading.Thread | None = None
 
@@ -112,6 +116,8 @@ class RankWatchdog:
             if (found := self._exited_here()) is not None:
                 if found[0] == 0 and self._stop.wait(min(10.0, self.timeout_s)):
                     return  # rank zero ended normally, a moment before this rank
+                if self.failing.is_set():
+                    return  # this rank is on an error of its own: the main thread says what it is
                 self._end(str(RankLost(found[0], self.world, found[1], self.rank)), report=True)
             try:
                 self.store.add(self._key("beat", self.rank), 1)
@@ -121,13 +127,13 @@ class RankWatchdog:
             except Exception:  # noqa: BLE001 - the store went away with the process hosting it
                 if self._stop.wait(min(10.0, self.timeout_s)):
                     return  # this rank was ending normally: rank zero left first
-                self._end(str(RankLost(0, self.world, "the store it hosts stopped answering", self.rank)), report=False)
+                self._end(str(self._store_gone()), report=False)
             now = time.monotonic()
             seen = [(count, now) if count != old else (old, since) for count, (old, since) in zip(counts, seen)]
             stale = [r for r, (_, since) in enumerate(seen) if r != self.rank and now - since > self.timeout_s]
             stale = [r for r in stale if not self._finished(r)]
-            if stale:
-                why = f"no heartbeat for {self.timeout_s:g} s, lost_rank_timeout_s"
+            if stale and not self.failing.is_set():
+                why = self._why(stale[0], f"no heartbeat for {self.timeout_s:g} s, lost_rank_timeout_s")
                 self._end(str(RankLost(stale[0], self.world, why, self.rank)), report=True)
 
     def _exited_here(self) -> tuple[int, str] | None:
@@ -145,15 +151,34 @@ class RankWatchdog:
                 with contextlib.suppress(subprocess.TimeoutExpired):  # another thread may be reaping it
                     code = launched[rank].wait(timeout=1)
                     how = f", killed by signal {-code}" if code < 0 else f", exit code {code}"
-            return rank, f"its process ended{how}"
+            return rank, f"its process ended{how}" if rank == 0 else self._why(rank, f"its process ended{how}")
         return None
 
+    def _store_gone(self) -> RankLost:
+        """The store stopped answering: rank zero, which hosts it, is gone. Where it ran on this host, its
+        end is confirmed from its process (a killed process closes its sockets a moment before the
+        kernel lists it as ended)."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            found = self._exited_here()
+            if found is not None:
+                return RankLost(found[0], self.world, found[1], self.rank)
+            time.sleep(0.05)
+        return RankLost(0, self.world, "the store it hosts stopped answering", self.rank)
+
     def _finished(self, rank: int) -> bool:
-        """The rank ended normally, or with an error of its own that it reports itself."""
+        """The rank ended normally."""
+        return self._has(rank, "done")
+
+    def _has(self, rank: int, kind: str) -> bool:
         try:
-            return self.store.check([self._key("done", rank)]) or self.store.check([self._key("failing", rank)])
-        except Exception:  # noqa: BLE001 - the store is gone: no word that it finished
+            return self.store.check([self._key(kind, rank)])
+        except Exception:  # noqa: BLE001 - the store is gone: no word either way
             return False
+
+    def _why(self, rank: int, how: str) -> str:
+        """A rank that said it was failing stopped on an error of its own, which it printed."""
+        return "it stopped on an error of its own, printed by it" if self._has(rank, "failing") else how
 
     def _end(self, line: str, report: bool) -> None:
         self.ended = line
@@ -179,11 +204,12 @@ class RankWatchdog:
         found = self._exited_here()  # before touching the store: torch logs a stack trace when it is gone
         if found is not None:
             return RankLost(found[0], self.world, found[1], self.rank)
+        self.failing.set()
         try:
-            self.store.set(self._key("failing", self.rank), "1")  # this rank's own error: not a loss when it ends
+            self.store.set(self._key("failing", self.rank), "1")  # this rank's own error: it says so itself
             first = [int(v) for v in self.store.multi_get(self.keys)]
         except Exception:  # noqa: BLE001 - the store was gone when the collective failed: rank zero was lost
-            return RankLost(0, self.world, "the store it hosts stopped answering", self.rank)
+            return self._store_gone()
         deadline = time.monotonic() + self.interval_s * 2 + 0.5
         while (found := self._exited_here()) is None and time.monotonic() < deadline:
             time.sleep(min(0.2, self.interval_s))
@@ -199,7 +225,7 @@ class RankWatchdog:
         except Exception:  # noqa: BLE001 - rank zero left during the wait: no evidence either way
             return None
         if silent:
-            return RankLost(silent[0], self.world, "its heartbeat stopped", self.rank)
+            return RankLost(silent[0], self.world, self._why(silent[0], "its heartbeat stopped"), self.rank)
         if self.rank == 0:
             time.sleep(self.interval_s)  # the others finish their own look before the store goes with this process
         return None
@@ -261,3 +287,5 @@ class WatchRanks(L.Callback):
         if stage == "fit":
             agree_on_resume(self.resume)
             start_watchdog(self.timeout_s, trainer)
+            if _ACTIVE is not None:  # the watchdog ends the node's ranks itself, with its line
+                stop_child_process_observer()

@@ -43,6 +43,7 @@ def good_checkpoint(tmp_path_factory) -> Path:
 
 
 # -- 1. damaged checkpoints -----------------------------------------------------------------------------
+@pytest.mark.xdist_group("faults_good_checkpoint")  # shares the module fixture good_checkpoint: built once
 def test_checkpoint_problem_tells_a_damaged_file_from_a_good_one(good_checkpoint, tmp_path):
     assert checkpoint_problem(good_checkpoint) is None
     truncate_copy(good_checkpoint, tmp_path / "half.ckpt")
@@ -53,6 +54,7 @@ def test_checkpoint_problem_tells_a_damaged_file_from_a_good_one(good_checkpoint
     assert checkpoint_problem(tmp_path / "other.ckpt") == "not a Lightning training checkpoint"
 
 
+@pytest.mark.xdist_group("faults_good_checkpoint")  # shares the module fixture good_checkpoint: built once
 def test_auto_skips_a_damaged_newest_checkpoint_and_keeps_it(good_checkpoint, tmp_path, caplog):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -69,6 +71,7 @@ def test_auto_skips_a_damaged_newest_checkpoint_and_keeps_it(good_checkpoint, tm
     assert (folder / "last.ckpt.damaged").read_bytes() == damaged and (folder / "last.ckpt.damaged.1").is_file()
 
 
+@pytest.mark.xdist_group("faults_good_checkpoint")  # shares the module fixture good_checkpoint: built once
 def test_auto_with_no_checkpoint_that_loads_is_one_line_and_touches_nothing(good_checkpoint, tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -78,6 +81,7 @@ def test_auto_with_no_checkpoint_that_loads_is_one_line_and_touches_nothing(good
     assert (folder / "last.ckpt").is_file() and not list(folder.glob("*.damaged"))
 
 
+@pytest.mark.xdist_group("faults_good_checkpoint")  # shares the module fixture good_checkpoint: built once
 @pytest.mark.parametrize("which", ["last", "explicit"])
 def test_last_or_a_path_that_does_not_load_is_one_line_naming_the_file(good_checkpoint, tmp_path, which):
     folder = tmp_path / "checkpoints"
@@ -130,6 +134,7 @@ class FileSizeLimit:
         resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
 
 
+@pytest.mark.xdist_group("faults_good_checkpoint")  # shares the module fixture good_checkpoint: built once
 def test_a_checkpoint_write_that_fails_is_one_line_and_leaves_the_earlier_file(good_checkpoint, tmp_path):
     state = torch.load(good_checkpoint, weights_only=True)
     target = tmp_path / "last.ckpt"

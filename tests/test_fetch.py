@@ -105,6 +105,7 @@ def test_xquad_r_is_placed_where_the_benchmark_reads_it(server, tmp_path, monkey
     assert record["en.json"]["size"] == (directory / "en.json").stat().st_size and "_complete" in record
 
 
+@pytest.mark.slow
 def test_an_interrupted_download_resumes_from_its_part_file_and_a_finished_one_is_skipped(server, tmp_path, monkeypatch, capsys):
     web, url = server
     (web / "xquad-r").symlink_to(shared_data("xquad-r"))
@@ -120,6 +121,7 @@ def test_an_interrupted_download_resumes_from_its_part_file_and_a_finished_one_i
     assert "de.json: already here" in capsys.readouterr().out and RangeHandler.ranges == ["bytes=100000-"]
 
 
+@pytest.mark.slow
 def test_tatoeba_pairs_are_placed_for_the_benchmark(server, tmp_path, monkeypatch):
     from hbt.eval.parallel import load_tatoeba
 
@@ -133,6 +135,7 @@ def test_tatoeba_pairs_are_placed_for_the_benchmark(server, tmp_path, monkeypatc
     assert all(group.parts[lang].queries == reference.parts[lang].queries for lang in ("afr", "deu"))
 
 
+@pytest.mark.slow
 def test_mlqa_is_downloaded_unpacked_and_converted_to_mlqa_r(server, tmp_path, monkeypatch):
     from test_mlqa_r import LANGS, write_mlqa
 
@@ -154,6 +157,7 @@ def test_mlqa_is_downloaded_unpacked_and_converted_to_mlqa_r(server, tmp_path, m
     assert sum(len(q) for q in bench.queries.values()) > 0
 
 
+@pytest.mark.slow
 def test_mtop_is_unpacked_into_its_languages(server, tmp_path, monkeypatch):
     from test_mtop import write_mtop
 
@@ -170,6 +174,7 @@ def test_mtop_is_unpacked_into_its_languages(server, tmp_path, monkeypatch):
     assert load_mtop(str(directory), ["en", "de", "fr"]).languages == ["de", "en", "fr"]
 
 
+@pytest.mark.slow
 def test_mmarco_from_the_hub_layout_trains_with_data_mmarco(hub, tmp_path):
     from test_loaders import write_mmarco
 
@@ -191,6 +196,7 @@ def test_mmarco_from_the_hub_layout_trains_with_data_mmarco(hub, tmp_path):
     assert len(store) == len(reference) > 0
 
 
+@pytest.mark.slow
 def test_miracl_topics_qrels_and_corpus_from_the_hub_layout(hub, tmp_path):
     from test_metrics_reference import write_miracl
 

@@ -37,7 +37,8 @@ class CorpusSearch:
     searcher: FaissSearcher
     shard_size: int
     shard_dir: str | None = None
-    runs: RunWriter | None = None  # set by the evaluator while it writes run files
+    runs: RunWriter | None = None  # set by the evaluator while rank zero writes run files
+    run_depth: int = 0  # the run files' depth, on every rank (searches go at least that deep)
 
     def evaluate(
         self, encoder: Encoder, bench: TrecBenchmark, fingerprint: str = "", subsets: dict[str, set[str]] | None = None, name: str = ""
@@ -48,8 +49,7 @@ class CorpusSearch:
         per_language: dict[str, list[tuple[str, dict]]] = {}
         rows: list[dict] = []
         depth = max(bench.ks.values())
-        if self.runs is not None:  # the run files go as deep as asked; the metrics cut their own lists
-            depth = max(depth, self.runs.depth)
+        depth = max(depth, self.run_depth)  # the run files go as deep as asked; the metrics cut their own lists
         for lang, data in bench.languages.items():
             queries = [(qid, text) for qid, text in data.queries if any(g > 0 for g in data.qrels.get(qid, {}).values())]
             if not queries:

@@ -97,13 +97,17 @@ class Evaluator:
         :mod:`hbt.eval.subsets`) adds ``<name>[<subset>]`` entries computed from the same embeddings. The
         per-query values of the run are :meth:`query_table`'s. With ``run_files`` and a ``run_dir``, rank
         zero writes each benchmark's TREC run files and qrels there (:mod:`hbt.eval.runs`)."""
-        write = self.run_files and run_dir is not None and rank_and_world()[0] == 0
+        wanted = self.run_files and run_dir is not None
+        write = wanted and rank_and_world()[0] == 0
         with RunWriter(run_dir, self.run_depth, self.ranking.score_block) if write else contextlib.nullcontext() as runs:
             self.runs = self.corpus.runs = runs
+            # every rank searches as deep as the run files go: under DDP rank 0 merges the ranks' lists
+            self.corpus.run_depth = self.run_depth if wanted else 0
             try:
                 results = self._run(encoder, benchmarks, subsets)
             finally:
                 self.runs = self.corpus.runs = None
+                self.corpus.run_depth = 0
         if write:
             log.info("run files written to %s", run_dir)
         return results

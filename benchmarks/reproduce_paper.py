@@ -10,6 +10,11 @@ ratio curve to docs/ratio_curve.png (docs/paper_reproduction.md discusses them).
 
     python benchmarks/reproduce_paper.py                  # ~13 runs of ~5 minutes each on a 2-core machine (bf16)
     python benchmarks/reproduce_paper.py --main-seeds 5   # more seeds for the three main ratios
+    python benchmarks/reproduce_paper.py --language-bias  # PEER@10 and language preference of the runs that exist
+
+--language-bias re-evaluates (evaluate.py on each run's exported model) the runs whose results.json predates
+the language-bias metrics, then writes docs/paper_reproduction_bias.md (docs/paper_reproduction.md
+discusses it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ SETTINGS = [
     ("multi", "map"),
     ("multi", "recall@10"),
     ("multi", "rank_distance"),
+]
+# Zero-shot evaluation with the experiment's settings (conf/experiment/xquad_r_me5_small.yaml).
+EVALUATE = [
+    "evaluate.py",
+    "model=me5_small",
+    "eval=xquad_r_heldout",
+    "model.max_query_length=64",
+    "model.max_passage_length=96",
+    "evaluator.batch_size=64",
 ]
 NAMES = {0.0: "X-Y (ratio 0)", 0.25: "ratio 0.25", 0.5: "hybrid (ratio 0.5)", 0.75: "ratio 0.75", 1.0: "X-X (ratio 1)"}
 
@@ -60,9 +74,12 @@ def main() -> None:
         help="training and evaluation precision (bf16: hbt's default on CPUs with native bf16 and on GPUs)",
     )
     parser.add_argument("--report-only", action="store_true", help="write the table and plot from the runs that exist; run nothing")
+    parser.add_argument("--language-bias", action="store_true", help="the language-bias table of the runs that exist (see above)")
     args = parser.parse_args()
     if args.report_only:
         return write_docs(Path(args.out), args, Path(args.docs))
+    if args.language_bias:
+        return write_bias(Path(args.out), args, Path(args.docs))
     out, model = Path(args.out), me5_small_dir()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"model.name_or_path={model}", "logger=csv", f"evaluator.precision={args.precision}"]
@@ -71,16 +88,7 @@ def main() -> None:
     zero = out / "zero-shot"
     if not (zero / "results.json").exists():
         run(
-            [
-                "evaluate.py",
-                "model=me5_small",
-                "eval=xquad_r_heldout",
-                "model.max_query_length=64",
-                "model.max_passage_length=96",
-                "evaluator.batch_size=64",
-                *common,
-                f"hydra.run.dir={zero}",
-            ],
+            [*EVALUATE, *common, f"hydra.run.dir={zero}"],
             out / "zero-shot.log",
         )
     seeds = {**{r: args.side_seeds for r in args.side_ratios}, **{r: args.main_seeds for r in args.main_ratios}}
@@ -120,6 +128,23 @@ CLAIMS = [
 COMPARED = [("map", ("mono", "cross", "multi")), ("recall@1", ("mono", "cross")), ("recall@10", ("multi",)), ("rank_distance", ("multi",))]
 
 
+def comparison_lines(a: list[Path], b: list[Path], name_a: str, name_b: str, compared) -> list[str]:
+    """Table rows of ``hbt.report``'s paired comparison of runs ``a`` and ``b``, for each (metric, settings)."""
+    from hbt.report import compare
+
+    lines = []
+    for name, settings in compared:
+        for row in compare(a, b, metric=name):
+            if row["setting"] not in settings or "p" not in row:
+                continue
+            digits = 1 if name == "rank_distance" else 4
+            lines.append(
+                f"| {name_a} | {name_b} | {name} | {row['setting']} | {row['A']:.{digits}f} | {row['B']:.{digits}f} | "
+                f"{row['A - B']:+.{digits}f} | {row['d_z']:+.2f} | {row['p']:.4f} | {row['p (Holm)']:.4f} | {row['verdict']} |"
+            )
+    return lines
+
+
 def ratio_runs(out: Path) -> dict[float, list[Path]]:
     by_ratio: dict[float, list[Path]] = {}
     for target in sorted(out.glob("ratio*-seed*")):
@@ -130,7 +155,6 @@ def ratio_runs(out: Path) -> dict[float, list[Path]]:
 
 def write_docs(out: Path, args, docs: Path) -> None:
     """The table (mean and 95% t-interval over seeds), the paired tests of each claim and the plot."""
-    from hbt.report import compare
     from hbt.stats import mean_ci
 
     zero = load_run(out / "zero-shot")
@@ -160,18 +184,83 @@ def write_docs(out: Path, args, docs: Path) -> None:
         if a not in runs or b not in runs:
             lines.append(f"| {NAMES[a]} | {NAMES[b]} | - | - | | | | | | | not run |")
             continue
-        for name, settings in COMPARED:
-            for row in compare(runs[a], runs[b], metric=name):
-                if row["setting"] not in settings or "p" not in row:
-                    continue
-                digits = 1 if name == "rank_distance" else 4
-                lines.append(
-                    f"| {NAMES[a]} | {NAMES[b]} | {name} | {row['setting']} | {row['A']:.{digits}f} | {row['B']:.{digits}f} | "
-                    f"{row['A - B']:+.{digits}f} | {row['d_z']:+.2f} | {row['p']:.4f} | {row['p (Holm)']:.4f} | {row['verdict']} |"
-                )
+        lines += comparison_lines(runs[a], runs[b], NAMES[a], NAMES[b], COMPARED)
     table = "\n".join(lines)
     plot_curve(by_ratio, zero, docs / "ratio_curve.png")
     (docs / "paper_reproduction_table.md").write_text(table + "\n")
+    print(table)
+
+
+BIAS = [("multi", "peer@10"), ("multi", "own_share@10"), ("multi", "own_relevant_share"), ("multi", "rank_distance")]
+QUALITY = [("mono", "map"), ("cross", "map"), ("multi", "map")]
+BIAS_CLAIMS = [("zero-shot", 0.5), (0.5, 0.0), (0.5, 1.0), (1.0, 0.0)]
+
+
+def reevaluate(trained: Path, args) -> None:
+    """A run evaluated before hbt computed the language-bias metrics: evaluate.py on its exported model,
+    with the evaluation settings it was trained with, into <run>/language-bias."""
+    target = trained / "language-bias"
+    if (target / "results.json").exists():
+        return
+    model = trained / "model" if (trained / "model").exists() else me5_small_dir()
+    cmd = [*EVALUATE, f"model.name_or_path={model}", "logger=csv", f"evaluator.precision={args.precision}", f"hydra.run.dir={target}"]
+    run(cmd, trained.parent / f"{trained.name}.language-bias.log")
+
+
+def bias_source(run: Path) -> Path:
+    """The run directory whose results.json has the language-bias metrics (the run's own, or its re-evaluation)."""
+    row = load_run(run)
+    return run if "xquad_r_heldout/multi/peer@10" in row else run / "language-bias"
+
+
+def write_bias(out: Path, args, docs: Path) -> None:
+    """PEER@10, the language preference and rank distance of zero-shot, X-Y, hybrid and X-X (mean and 95%
+    t-interval over seeds), their mAP beside them, and paired tests of the bias metrics."""
+    from hbt.stats import mean_ci
+
+    groups: dict = {"zero-shot": [out / "zero-shot"]}
+    groups.update({ratio: paths for ratio, paths in ratio_runs(out).items() if ratio in (0.0, 0.5, 1.0)})
+    for paths in groups.values():
+        for path in paths:
+            if "xquad_r_heldout/multi/peer@10" not in load_run(path):
+                reevaluate(path, args)
+    sources = {name: [bias_source(p) for p in paths] for name, paths in groups.items()}
+    names = {"zero-shot": "zero-shot", **NAMES}
+    columns = QUALITY + BIAS
+    lines = [
+        "| run | seeds | " + " | ".join(f"{s} {m}" for s, m in columns) + " | ranked last most often (multi) |",
+        "|" + "---|" * (len(columns) + 3),
+    ]
+    for name in ("zero-shot", 0.0, 0.5, 1.0):
+        if name not in sources:
+            continue
+        rows = [load_run(p) for p in sources[name]]
+        cells = []
+        for s, m in columns:
+            mean, half = mean_ci([metric(r, s, m) for r in rows])
+            digits = 1 if m == "rank_distance" else 4
+            cells.append(f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if half is not None else ""))
+        last = {
+            k.rsplit(":", 1)[1]: sum(r[k] for r in rows) / len(rows)
+            for k in rows[0]
+            if k.startswith("xquad_r_heldout/multi/last_language:")
+        }
+        worst = sorted(last, key=last.get, reverse=True)[:2]
+        cells.append(", ".join(f"{lang} {last[lang]:.2f}" for lang in worst))
+        lines.append(f"| {names[name]} | {len(rows) if name != 'zero-shot' else '-'} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Cells: mean ± half-width of the 95% Student-t interval over the seeds; the last column: the two languages",
+        "whose relevant sentence is most often the one ranked last, with that share (macro over query languages).",
+        "",
+    ]
+    lines += ["| A | B | metric | setting | A | B | A - B | d_z | p | p (Holm) | verdict |", "|" + "---|" * 11]
+    compared = [(name, ("multi",)) for name in ("peer@10", "own_share@10", "rank_distance", "map")]
+    for a, b in BIAS_CLAIMS:
+        if a in sources and b in sources:
+            lines += comparison_lines(sources[a], sources[b], names[a], names[b], compared)
+    table = "\n".join(lines)
+    (docs / "paper_reproduction_bias.md").write_text(table + "\n")
     print(table)
 
 

@@ -80,7 +80,15 @@ def test_identical_sides_give_perfect_accuracy_and_multi_excludes_the_query_itse
     results = Evaluator(ks=(1, 2)).evaluate(Encoder(tiny=TINY), bench)
     assert results["cross"].macro["recall@1"] == 1.0
     # Multi: the two translations (identical texts) take ranks 1 and 2; the query itself is not ranked.
-    assert results["multi"].macro == {"map": 1.0, "recall@1": 0.5, "recall@2": 1.0, "rank_distance": 1.0}
+    multi = results["multi"].macro
+    assert {k: multi[k] for k in ("map", "recall@1", "recall@2", "rank_distance")} == {
+        "map": 1.0,
+        "recall@1": 0.5,
+        "recall@2": 1.0,
+        "rank_distance": 1.0,
+    }
+    # 8 candidates ranked (9 less the query), 2 of them in its language, none of its relevant ones there
+    assert multi["own_pool_share"] == 0.25 and multi["own_relevant_share"] == 0.0 and multi["own_share@10"] == 0.25
 
 
 def test_parallel_text_is_encoded_symmetrically_unless_asked(tmp_path):

@@ -32,6 +32,10 @@ def check_rows_average_to_results(results: Results, table) -> None:
                 assert len(mine) == metrics.num_queries, (dataset, setting, pair)
                 seen.add((dataset, setting, pair))
                 for name, value in metrics.metrics.items():
+                    if name.startswith("last_language:"):  # the share of the rows naming that language as ranked last
+                        named = [r["last_language"] for r in mine if r["last_language"] is not None]
+                        assert named.count(name.split(":", 1)[1]) / len(named) == pytest.approx(value, abs=1e-12)
+                        continue
                     assert math.fsum(r[name] for r in mine) / len(mine) == pytest.approx(value, abs=1e-12), (dataset, setting, pair, name)
     assert seen == {(r["dataset"], r["setting"], r["pair"]) for r in rows}  # no row outside results.json
 
@@ -43,8 +47,9 @@ def test_rows_average_to_the_reported_pairs_and_ranks_reproduce_ap(tmp_path):
     evaluator = Evaluator(ks=(1, 5), at_k=("recall", "f1"))
     results = evaluator.run(Encoder(tiny=TINY), benchmarks, {"toy": {"some": "re:."}})
     table = evaluator.query_table()
-    assert set(table.column_names) >= {*KEYS, "map", "recall@1", "f1@5", "rank_distance"}
+    assert set(table.column_names) >= {*KEYS, "map", "recall@1", "f1@5", "rank_distance", "peer@10", "own_share@10", "last_language"}
     check_rows_average_to_results(results, table)
+    assert any(name.startswith("last_language:") for name in results["toy"]["multi"].macro)
     for row in table.to_pylist():  # AP from the relevant candidates' ranks
         assert row["map"] == pytest.approx(sum((n + 1) / r for n, r in enumerate(row["ranks"])) / len(row["ranks"]))
         if row["setting"] == "multi":

@@ -34,10 +34,13 @@ def test_offline_wandb_run_holds_config_curves_tables_and_artifacts(make_cfg, tm
         "train/epoch_mono_pair_share",
         "lr-AdamW/pg1",
         "test/toy/multi/rank_distance",
+        "test/toy/multi/peer@10",
+        "test/toy/multi/own_share@10",
     ):
         assert key in run["history"], key
     assert any(k.startswith("test/toy/cross/pairs/") for k in run["history"])  # the per-pair wandb.Table
     assert any(k.startswith("test/toy/map_heatmap/") for k in run["history"])  # the heatmap image
+    assert any(k.startswith("test/toy/last_language_heatmap/") for k in run["history"])  # whose relevant ranks last
     assert {"results", "model"} <= {kind for kind, _ in run["artifacts"]}
     assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
 
@@ -100,6 +103,7 @@ def test_analysis_notebook_runs_on_a_sweep_it_makes(tmp_path):
     assert len(images) >= 3  # the ratio plots and one heatmap per run
     html = "".join(o.get("data", {}).get("text/html", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "p (Holm)" in html and "verdict" in html  # ratio 1 against ratio 0 on per-query values
+    assert "own_share@10" in html and "ranked last most often" in html  # the language-bias table of each run
 
 
 def test_step_statistics_are_those_of_the_step_the_logger_writes(tmp_path):

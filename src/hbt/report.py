@@ -4,6 +4,7 @@ groups of runs over seeds, and compare two groups with a paired test on per-quer
     python -m hbt.report outputs/train/multiruns/<sweep> --out report                 # one row per run
     python -m hbt.report <dirs> --group-by model ratio                                 # mean and 95% CI over seeds
     python -m hbt.report <dirs> --compare ratio=0.5 ratio=0 --metric map               # paired test per setting
+    python -m hbt.report <dirs> --language-bias                                        # PEER and language preference
 
 Rows are runs (with their Hydra overrides), columns are macro metrics ``<dataset>/<setting>/<metric>``.
 A group is ``key=value[,key=value]`` over ``model``, ``ratio``, ``seed`` or any dotted key of the run's
@@ -22,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from hbt.errors import DataError, HbtError
-from hbt.results import DatasetResult, read_results
+from hbt.results import DatasetResult, Results, read_results
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -211,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write <out>.csv and <out>.md")
     parser.add_argument("--group-by", nargs="+", metavar="KEY", help="mean and 95%% CI over the runs of each group (e.g. model ratio)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two groups, each key=value[,key=value] (e.g. ratio=0.5 ratio=0)")
-    parser.add_argument("--metric", default="map", help="per-query metric compared (map, recall@10, ndcg@10, ...)")
+    parser.add_argument("--metric", default="map", help="per-query metric compared (map, recall@10, ndcg@10, peer@10, own_share@10, ...)")
+    parser.add_argument(
+        "--language-bias", action="store_true", help="per run and query language: PEER@k, the language preference, the language ranked last"
+    )
     parser.add_argument("--permutations", type=int, default=10_000)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0, help="of the random sign flips")
@@ -234,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.group_by:
             rows = group_summary(runs, args.group_by)
+        elif args.language_bias:
+            rows = [dict(run=str(run), **row) for run in runs for row in language_bias_rows(read_results(run / "results.json"))]
+            if not rows:
+                raise DataError(" ".join(args.paths), "no multi-setting results with language-bias metrics (evaluator.bias_ks)")
         else:
             rows = collect(args.paths)
     except HbtError as err:
         print(str(err), file=sys.stderr)
         return 1
-    columns = list(dict.fromkeys(key for row in rows for key in row)) if (args.compare or args.group_by) else None
+    columns = list(dict.fromkeys(key for row in rows for key in row)) if (args.compare or args.group_by or args.language_bias) else None
     table = to_markdown(rows, columns)
     if args.out:
         write_csv(rows, Path(f"{args.out}.csv"), columns)
@@ -266,19 +274,54 @@ def pair_matrix(by_setting: DatasetResult, metric: str = "map"):
     return langs, matrix
 
 
-def plot_pair_heatmap(langs: list[str], matrix, title: str):
-    """A heatmap figure of a pair matrix (rows: query language, columns: candidate language)."""
+def language_bias_rows(results: Results) -> list[dict]:
+    """One row per dataset and query language of the multi setting (and one ``macro`` row per dataset):
+    PEER@k, the language preference (``own_share@k`` beside ``own_relevant_share`` and
+    ``own_pool_share``) and the language most often ranked last with its share."""
+    rows = []
+    for dataset, by_setting in results.items():
+        block = by_setting.get("multi")
+        if block is None or not any(m.startswith("peer@") for m in block.macro):
+            continue
+        for language, metrics in [*((key, pair.metrics) for key, pair in block.pairs.items()), ("macro", block.macro)]:
+            row = {"dataset": dataset, "query language": language}
+            row.update({m: v for m, v in metrics.items() if m.startswith(("peer@", "own_"))})
+            last = {m.split(":", 1)[1]: v for m, v in metrics.items() if m.startswith("last_language:")}
+            if last:
+                worst = max(last, key=last.get)
+                row.update({"ranked last most often": worst, "its share": last[worst]})
+            rows.append(row)
+    return rows
+
+
+def last_language_matrix(by_setting: DatasetResult):
+    """Query language x language of the relevant candidate ranked last: the share of the multi setting's
+    queries (with two or more relevant candidates) whose last one is in that language."""
+    import numpy as np
+
+    block = by_setting.get("multi")
+    pairs = {key: pair.metrics for key, pair in block.pairs.items()} if block is not None else {}
+    columns = sorted({m.split(":", 1)[1] for metrics in pairs.values() for m in metrics if m.startswith("last_language:")})
+    rows = sorted(key for key, metrics in pairs.items() if any(m.startswith("last_language:") for m in metrics))
+    matrix = np.array([[pairs[q].get(f"last_language:{c}", np.nan) for c in columns] for q in rows]).reshape(len(rows), len(columns))
+    return rows, columns, matrix
+
+
+def plot_pair_heatmap(langs: list[str], matrix, title: str, columns: list[str] | None = None, xlabel: str = "candidate language"):
+    """A heatmap figure of a pair matrix (rows: query language, columns: candidate language, or the
+    ``columns`` given with their ``xlabel``)."""
     import matplotlib.pyplot as plt  # no backend forced: inline in notebooks, Agg on headless hosts
 
-    size = max(4.0, 0.45 * len(langs) + 2)
+    columns = langs if columns is None else columns
+    size = max(4.0, 0.45 * max(len(langs), len(columns)) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, float(np_nanmax(matrix))))
-    ax.set_xticks(range(len(langs)), langs, rotation=90)
+    ax.set_xticks(range(len(columns)), columns, rotation=90)
     ax.set_yticks(range(len(langs)), langs)
-    ax.set(xlabel="candidate language", ylabel="query language", title=title)
-    if len(langs) <= 12:
+    ax.set(xlabel=xlabel, ylabel="query language", title=title)
+    if max(len(langs), len(columns)) <= 12:
         for i in range(len(langs)):
-            for j in range(len(langs)):
+            for j in range(len(columns)):
                 if matrix[i, j] == matrix[i, j]:
                     ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
     fig.colorbar(image, ax=ax, fraction=0.046)

@@ -122,8 +122,12 @@ def flatten_macro(results: Results, prefix: str) -> dict[str, float]:
 
 
 def results_table(results: Results) -> str:
-    """A plain-text table: one row per dataset and setting, one column per macro metric."""
-    metrics = sorted({m for by_setting in results.values() for block in by_setting.values() for m in block.macro}, key=metric_order)
+    """A plain-text table: one row per dataset and setting, one column per macro metric (each language's
+    share of ``last_language:<Y>`` stays in results.json and the report: a column per language is too wide)."""
+    metrics = sorted(
+        {m for by_setting in results.values() for block in by_setting.values() for m in block.macro if not m.startswith("last_language:")},
+        key=metric_order,
+    )
     header = ["dataset", "setting", *metrics]
     rows = [header]
     for dataset, by_setting in results.items():

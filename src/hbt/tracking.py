@@ -111,11 +111,13 @@ def wandb_runs(loggers) -> list:
 
 
 def log_pair_tables(run, results: Results, prefix: str) -> None:
-    """Per-language-pair metrics as ``wandb.Table``s and the query x candidate mAP heatmap as an image."""
+    """Per-language-pair metrics as ``wandb.Table``s (the multi setting's language-bias metrics included) and,
+    as images, the query x candidate mAP heatmap and the multi setting's query language x language ranked
+    last heatmap."""
     import matplotlib.pyplot as plt
     import wandb
 
-    from hbt.report import pair_matrix, plot_pair_heatmap
+    from hbt.report import last_language_matrix, pair_matrix, plot_pair_heatmap
 
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():
@@ -127,6 +129,11 @@ def log_pair_tables(run, results: Results, prefix: str) -> None:
         if langs:
             fig = plot_pair_heatmap(langs, matrix, f"{dataset}: mAP by language pair")
             run.log({f"{prefix}/{dataset}/map_heatmap": wandb.Image(fig)})
+            plt.close(fig)
+        queries, last, matrix = last_language_matrix(by_setting)
+        if queries:  # the multi setting's language bias: whose relevant passage ranks last
+            fig = plot_pair_heatmap(queries, matrix, f"{dataset}: language ranked last (share)", last, "language of the last relevant")
+            run.log({f"{prefix}/{dataset}/last_language_heatmap": wandb.Image(fig)})
             plt.close(fig)
 
 

@@ -70,6 +70,34 @@ def pool_ranks(
     return within + 1, whole + 1
 
 
+def top_by_position(scores, k: int):
+    """Column indices of each row's ``k`` best scores, the lower index first among equal scores, in
+    ascending index order. torch.topk picks among equal scores arbitrarily; the rows' k-th best value
+    settles which of its equals are kept."""
+    k = min(k, scores.shape[1])
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    above = scores > kth
+    equal = scores == kth
+    wanted = k - above.sum(1, keepdim=True)
+    keep = above | (equal & (equal.cumsum(1) <= wanted))
+    return keep.nonzero()[:, 1].view(len(scores), k)
+
+
+def merge_by_position(scores, positions, k: int):
+    """The ``k`` best of each row by (score descending, position ascending)."""
+    order = torch.argsort(positions, dim=1, stable=True)
+    scores, positions = scores.gather(1, order), positions.gather(1, order)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, order), positions.gather(1, order)
+
+
+def ranked_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's ``k`` best columns in rank order: score descending, the lower column first among equal
+    scores (the order of :func:`pool_ranks` and the run files)."""
+    columns = top_by_position(scores, k)
+    return merge_by_position(scores.gather(1, columns), columns, k)[1]
+
+
 AT_K = ("recall", "precision", "f1")
 
 

@@ -3,7 +3,8 @@ sentences (Tatoeba) and the built-in corpus, in the three settings
 
 mono:  query language X against the pool of X            (one pair "X-X" per language)
 cross: query language X against the pool of Y != X        (pairs "X-Y")
-multi: query language X against the union of all pools    (key "X"; one relevant per language)
+multi: query language X against the union of all pools    (key "X"; one relevant per language),
+       with the language-bias metrics of :mod:`hbt.eval.language_bias` (PEER@k, language preference)
 
 Per-pair metrics are averaged over queries; the macro view averages over pairs. Every function returns
 its results and its per-query rows (one per query and language pair: ``dataset``, ``setting``,
@@ -19,7 +20,8 @@ import torch
 
 from hbt.errors import DataError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
-from hbt.eval.metrics import per_query_metrics, pool_ranks
+from hbt.eval.language_bias import LanguageBias, last_language_shares
+from hbt.eval.metrics import per_query_metrics, pool_ranks, ranked_top
 from hbt.results import DatasetResult, PairResult, SettingResult
 
 SETTINGS = ("mono", "cross", "multi")
@@ -31,12 +33,14 @@ Rows = list[dict]
 @dataclass(frozen=True)
 class PoolRanking:
     """What is computed from the embeddings: cut-offs ``ks``, the metrics at each k (``at_k``), the
-    settings, and how many query x candidate scores are held at once (``score_block``)."""
+    settings, how many query x candidate scores are held at once (``score_block``) and the language-bias
+    metrics of the multi setting (``bias``)."""
 
     ks: tuple[int, ...]
     at_k: tuple[str, ...]
     settings: tuple[str, ...]
     score_block: int = 1 << 24
+    bias: LanguageBias = LanguageBias()
 
     def score(
         self, bench: RetrievalBenchmark, queries: dict[str, torch.Tensor], pools: dict[str, torch.Tensor], record: bool = True
@@ -58,7 +62,7 @@ class PoolRanking:
         rows: Rows = []
         for x in langs:
             targets = langs if ("cross" in active or "multi" in active) else [x]
-            within, whole, valid, lang_of = self._ranks(bench, x, queries[x], [pools[y] for y in targets], targets)
+            within, whole, valid, lang_of, top = self._ranks(bench, x, queries[x], [pools[y] for y in targets], targets, "multi" in active)
             qids = [qid for qid, _ in bench.queries[x]] if record else None
             for j, y in enumerate(targets):
                 setting = "mono" if y == x else "cross"
@@ -67,7 +71,10 @@ class PoolRanking:
                         within, valid & (lang_of == j), False, (bench.name, setting, f"{x}-{y}", qids), rows
                     )
             if "multi" in pairs:
-                pairs["multi"][x] = self._metrics(whole, valid, True, (bench.name, "multi", x, qids), rows)
+                sizes = [len(pools[y]) - (1 if bench.queries_are_candidates and y == x else 0) for y in targets]
+                pool_of = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor([len(pools[y]) for y in targets]))
+                bias = self.bias.per_query(top, whole, valid, lang_of, pool_of, targets.index(x), targets, sizes)
+                pairs["multi"][x] = self._metrics(whole, valid, True, (bench.name, "multi", x, qids), rows, (bias, targets))
         results: DatasetResult = {}
         for setting in active:
             kept = {key: value for key, value in pairs[setting].items() if value is not None}
@@ -107,8 +114,10 @@ class PoolRanking:
             parts[subset] = self.score(sub, picked, pools, record=False)[0]
         return parts
 
-    def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str]):
-        """Ranks of every relevant candidate of x's queries within its own pool and in all ``targets``' pools together."""
+    def _ranks(self, bench: RetrievalBenchmark, x: str, q_emb: torch.Tensor, pools: list[torch.Tensor], targets: list[str], top_k: bool):
+        """Ranks of every relevant candidate of x's queries within its own pool and in all ``targets``'
+        pools together; with ``top_k``, also each query's best columns in rank order, as deep as the
+        language-bias metrics look (None without)."""
         sizes = [len(p) for p in pools]
         offsets = [sum(sizes[:j]) for j in range(len(sizes))]
         own = targets.index(x) if x in targets else -1
@@ -132,6 +141,9 @@ class PoolRanking:
         valid = lang_of >= 0
         within, whole = torch.ones_like(cols), torch.ones_like(cols)
         pool = (torch.cat(pools) if len(pools) > 1 else pools[0]).float()  # fp16 embeddings are scored in fp32
+        # the query itself (parallel text) is no candidate: it ranks last, after the depth looked at
+        depth = min(self.bias.depth, len(pool) - (1 if bench.queries_are_candidates and x in targets else 0)) if top_k else 0
+        top = torch.zeros((len(relevant), max(depth, 0)), dtype=torch.long) if top_k else None
         if width and len(pool):
             pool_of = torch.repeat_interleave(torch.arange(len(pools)), torch.tensor(sizes))
             step = max(1, self.score_block // len(pool))
@@ -143,15 +155,29 @@ class PoolRanking:
                 if self_cols is not None:
                     scores[torch.arange(scores.shape[0]), self_cols[rows]] = float("-inf")
                 within[rows], whole[rows] = pool_ranks(scores, cols[rows], valid[rows], pool_of)
-        return within, whole, valid, lang_of
+                if top is not None and depth > 0:
+                    top[rows] = ranked_top(scores, depth)
+        return within, whole, valid, lang_of, top
 
-    def _metrics(self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool, where: tuple, rows: Rows) -> PairResult | None:
+    def _metrics(
+        self, ranks: torch.Tensor, valid: torch.Tensor, with_rank_distance: bool, where: tuple, rows: Rows, bias: tuple | None = None
+    ) -> PairResult | None:
         """Metrics averaged over the queries with a relevant candidate (None: there is none); with query
         ids in ``where`` (dataset, setting, pair, query ids) each of those queries' values is appended to
-        ``rows``."""
+        ``rows``. ``bias``: ((per-query values, last-ranked languages), the pool's languages) of
+        :meth:`LanguageBias.per_query`, for every query; rows name the last-ranked language
+        (``last_language``), results give each language's share of it (``last_language:<Y>``)."""
         keep, values = per_query_metrics(ranks, valid, self.ks, with_rank_distance, self.at_k)
         if not bool(keep.any()):
             return None
+        last: list = []
+        shares: dict[str, float] = {}
+        if bias is not None:
+            (extra, last_of), languages = bias
+            mask = keep.numpy()
+            values.update({name: torch.from_numpy(v[mask]) for name, v in extra.items()})
+            last = [lang for lang, kept in zip(last_of, mask) if kept]
+            shares = last_language_shares(last, languages)
         dataset, setting, pair, qids = where
         if qids is not None:
             kept = keep.nonzero().squeeze(1).tolist()
@@ -166,9 +192,10 @@ class PoolRanking:
                         "query_id": qids[i],
                         **{name: column[n] for name, column in columns.items()},
                         "ranks": sorted(r for r in relevant[n] if r > 0),
+                        **({"last_language": last[n]} if bias is not None else {}),
                     }
                 )
-        return PairResult({name: float(v.mean()) for name, v in values.items()}, int(keep.sum()))
+        return PairResult({**{name: float(v.double().mean()) for name, v in values.items()}, **shares}, int(keep.sum()))
 
 
 def merge_group(group: BenchmarkGroup, parts: dict[str, tuple[DatasetResult, Rows]]) -> tuple[DatasetResult, Rows]:

@@ -18,6 +18,7 @@ from hbt.errors import ConfigError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
 from hbt.eval.corpus import CorpusSearch
 from hbt.eval.encoding import TextEncoding, encoder_fingerprint
+from hbt.eval.language_bias import DEFAULT_WEIGHTS, LanguageBias
 from hbt.eval.metrics import AT_K
 from hbt.eval.pools import SETTINGS, PoolRanking, Rows, merge_group
 from hbt.eval.runs import RunWriter
@@ -61,6 +62,8 @@ class Evaluator:
         compile: bool = False,
         run_files: bool = False,
         run_depth: int = 100,
+        bias_ks: tuple[int, ...] = (10,),
+        peer_weights: dict | None = None,
     ):
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
@@ -86,7 +89,8 @@ class Evaluator:
         self.encoding = TextEncoding(
             batch_size, max_tokens, precision, embedding_dtype, compile, check_progress(progress, "evaluator.progress"), self.cache_dir
         )
-        self.ranking = PoolRanking(tuple(int(k) for k in ks), tuple(at_k), self.settings, score_block)
+        bias = LanguageBias(tuple(bias_ks) if bias_ks is not None else (), DEFAULT_WEIGHTS if peer_weights is None else peer_weights)
+        self.ranking = PoolRanking(tuple(int(k) for k in ks), tuple(at_k), self.settings, score_block, bias)
         self.corpus = CorpusSearch(self.encoding, searcher or FaissSearcher(), shard_size, shard_dir)
         # Per-query values of the last run() (query_table), set when it ends.
         self.query_rows: Rows | None = None
@@ -180,14 +184,18 @@ class Evaluator:
         """The per-query values of the last :meth:`run` as an Arrow table: one row per query and language
         pair (``dataset``, ``setting``, ``pair``, ``query_id``), its metrics (the same that results.json
         averages: AP, the @k metrics, rank distance in the multi setting; nDCG and recall for TREC-style
-        benchmarks) and ``ranks``, the 1-based rank of each relevant candidate (LAReQA-style and parallel
-        benchmarks). Query subsets are rows of the full set, so they add none."""
+        benchmarks), ``ranks``, the 1-based rank of each relevant candidate (LAReQA-style and parallel
+        benchmarks) and, in the multi setting, the language-bias values (:mod:`hbt.eval.language_bias`)
+        with ``last_language``, the language of the relevant candidate ranked last. Query subsets are
+        rows of the full set, so they add none."""
         import pyarrow as pa
 
         rows = self.query_rows or []
         keys = ["dataset", "setting", "pair", "query_id"]
-        metrics = sorted({k for row in rows for k in row if k not in keys and k != "ranks"}, key=metric_order)
+        labels = ["last_language"] if any("last_language" in row for row in rows) else []
+        metrics = sorted({k for row in rows for k in row if k not in keys and k not in labels and k != "ranks"}, key=metric_order)
         columns = {k: pa.array([row[k] for row in rows], pa.string()) for k in keys}
+        columns.update({k: pa.array([row.get(k) for row in rows], pa.string()) for k in labels})
         columns.update({m: pa.array([row.get(m) for row in rows], pa.float64()) for m in metrics})
         columns["ranks"] = pa.array([row.get("ranks") for row in rows], pa.list_(pa.int64()))
         return pa.table(columns)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from hbt.errors import ConfigError
+from hbt.eval.metrics import merge_by_position, top_by_position
 
 INDEXES = ("flat", "ivf", "hnsw")
 
@@ -156,33 +157,10 @@ class TorchSearcher:
             for q in range(0, len(queries), self.query_batch):
                 batch = q_all[q : q + self.query_batch].to(self.device, self.dtype)
                 block_scores = (batch @ block.T).float()
-                local = _top_by_position(block_scores, k)
+                local = top_by_position(block_scores, k)
                 parts_s.append(block_scores.gather(1, local))
                 parts_p.append(local + start)
-            best_s, best_p = _merge_by_position(torch.cat([best_s, torch.cat(parts_s)], 1), torch.cat([best_p, torch.cat(parts_p)], 1), k)
+            best_s, best_p = merge_by_position(torch.cat([best_s, torch.cat(parts_s)], 1), torch.cat([best_p, torch.cat(parts_p)], 1), k)
         scores[:, : best_s.shape[1]] = best_s.cpu().numpy()
         ids[:, : best_p.shape[1]] = best_p.cpu().numpy()
         return scores, ids
-
-
-def _top_by_position(scores, k: int):
-    """Column indices of each row's ``k`` best scores, the lower index first among equal scores, in
-    ascending index order. torch.topk picks among equal scores arbitrarily; the rows' k-th best value
-    settles which of its equals are kept."""
-    k = min(k, scores.shape[1])
-    kth = scores.topk(k, dim=1).values[:, -1:]
-    above = scores > kth
-    equal = scores == kth
-    wanted = k - above.sum(1, keepdim=True)
-    keep = above | (equal & (equal.cumsum(1) <= wanted))
-    return keep.nonzero()[:, 1].view(len(scores), k)
-
-
-def _merge_by_position(scores, positions, k: int):
-    """The ``k`` best of each row by (score descending, position ascending)."""
-    import torch
-
-    order = torch.argsort(positions, dim=1, stable=True)
-    scores, positions = scores.gather(1, order), positions.gather(1, order)
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
-    return scores.gather(1, order), positions.gather(1, order)

@@ -8,13 +8,15 @@ about 56 words; XLM-R's pieces run about 1.3 a word across mMARCO's languages), 
 encoder passes is then counted over ``--batches`` batches:
 
 - one padded batch per kind (hbt's default without GradCache);
-- ``model.length_groups`` = G: the rows sorted by length and encoded in G groups, each padded to its own
-  longest row;
-- GradCache chunks of ``--chunk`` rows in batch order (hbt before its chunks were sorted) and sorted by
-  length (hbt now).
+- ``model.length_groups`` = G: the rows sorted by length and encoded in at most G groups, each padded to
+  its own longest row, cut where the fewest padded tokens remain (hbt's ``length_cuts``, exact), beside
+  equal-sized groups (hbt's cut before);
+- GradCache chunks of ``--chunk`` rows in batch order (hbt before its chunks were sorted), sorted by
+  length (hbt now), and each chunk cut again by ``model.length_groups`` (GradCache encodes a chunk through
+  the encoder's forward, which applies it).
 
     python benchmarks/padding_share.py
-    python benchmarks/padding_share.py --batch 100 --chunk 25 --groups 2 4 8 16
+    python benchmarks/padding_share.py --batch 100 --chunk 25 --groups 2 4 8 16 32
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ LENGTHS = {"query": (10, 0.4, 3, 64), "passage": (75, 0.45, 8, 256)}  # median, 
 def draw(rng, kind: str, n: int) -> np.ndarray:
     median, sigma, low, high = LENGTHS[kind]
     return np.clip(np.round(rng.lognormal(np.log(median), sigma, n)), low, high).astype(int)
+
+
+def cut_groups(ordered: np.ndarray, groups: int) -> list[np.ndarray]:
+    from hbt.models.encoder import length_cuts
+
+    return np.split(ordered, np.cumsum(length_cuts(ordered.tolist(), groups))[:-1])
 
 
 def padded(parts: list[np.ndarray]) -> int:
@@ -47,12 +55,18 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     ways = {"one padded batch": lambda rows: [rows]}
     for g in args.groups:
-        ways[f"length_groups={g}"] = lambda rows, g=g: np.array_split(np.sort(rows)[::-1], g)
+        ways[f"length_groups={g}, equal-sized groups"] = lambda rows, g=g: np.array_split(np.sort(rows)[::-1], g)
+    for g in args.groups:
+        ways[f"length_groups={g}, hbt's cut"] = lambda rows, g=g: cut_groups(np.sort(rows)[::-1], g)
     ways[f"GradCache chunks of {args.chunk}, batch order"] = lambda rows: [
         rows[i : i + args.chunk] for i in range(0, len(rows), args.chunk)
     ]
     sorted_chunks = lambda rows: [np.sort(rows)[::-1][i : i + args.chunk] for i in range(0, len(rows), args.chunk)]  # noqa: E731
     ways[f"GradCache chunks of {args.chunk}, sorted by length"] = sorted_chunks
+    # GradCache encodes each chunk through the encoder's forward, which cuts it by length_groups in turn
+    ways[f"GradCache chunks of {args.chunk}, sorted, length_groups=4"] = lambda rows: [
+        part for chunk in sorted_chunks(rows) for part in cut_groups(chunk, 4)
+    ]
     real = {kind: 0 for kind in LENGTHS}
     computed = {(way, kind): 0 for way in ways for kind in LENGTHS}
     for _ in range(args.batches):

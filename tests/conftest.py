@@ -95,3 +95,34 @@ def family_dirs(me5_dir, tmp_path_factory) -> dict[str, Path]:
     from hbt.models.families import build_all
 
     return build_all(tmp_path_factory.mktemp("families"), me5_dir)
+
+
+def without_dropout(model) -> None:
+    """Dropout off everywhere: nn.Dropout modules, and the rates mBART and mT5 keep as floats."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for rate in ("dropout", "attention_dropout", "activation_dropout", "dropout_rate"):
+            if isinstance(getattr(module, rate, None), float):
+                setattr(module, rate, 0.0)
+
+
+def check_length_groups_match_the_padded_batch(encoder, inputs, groups: int = 3):
+    """The embeddings and gradients of ``inputs`` encoded in ``groups`` length groups equal those of one
+    padded batch (a training-mode encoder without dropout); returns the padded batch's embeddings."""
+    import torch
+
+    results = {}
+    for count in (1, groups):
+        encoder.length_groups = count
+        encoder.zero_grad()
+        embeddings = encoder(inputs)
+        (embeddings @ embeddings.T).logsumexp(1).sum().backward()
+        results[count] = (embeddings.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(results[groups][0], results[1][0], atol=1e-5, rtol=1e-5)
+    assert results[groups][1].keys() == results[1][1].keys()
+    for name, grad in results[1][1].items():
+        torch.testing.assert_close(results[groups][1][name], grad, atol=1e-5, rtol=1e-4)
+    return results[1][0]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, compose_config, last_line, run_cli, shared_data
+from conftest import ROOT, check_length_groups_match_the_padded_batch, compose_config, last_line, run_cli, shared_data, without_dropout
 from hydra.utils import instantiate
 from safetensors.torch import load_file
 from test_train_evaluate import check_results_shape
@@ -237,6 +237,21 @@ def test_an_unused_parameter_is_one_line_before_ddp_fails(family_dirs, tmp_path)
     module.contrastive_loss(encoder(inputs), encoder(inputs), None)[0].backward()
     with pytest.raises(ConfigError, match=r"model.name_or_path: 2 trainable parameters get no gradient .*backbone.unused.weight"):
         module.on_after_backward()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_length_groups_give_each_family_the_padded_batchs_embeddings_and_gradients(family, family_dirs, tmp_path):
+    """model.length_groups per architecture (position ids, relative attention buckets, language codes):
+    rows encoded in groups cut by length give the embeddings and gradients of the whole padded batch.
+    Negative control: the batch cut to half its width moves the embeddings of its longest row."""
+    encoder = family_encoder(family, family_dirs, tmp_path)
+    without_dropout(encoder)
+    texts = ["kurz", "ein etwas längerer Satz mit mehr Wörtern darin, noch länger", "中文", "mittel lang hier", "yes " * 30, "a b"]
+    inputs = encoder.text_tokenizer(texts, "passage", ["de", "de", "zh", "de", "en", "en"])
+    padded = check_length_groups_match_the_padded_batch(encoder, inputs, groups=3)
+    short = {k: v[:, : int(inputs["attention_mask"].sum(1).max()) // 2] for k, v in inputs.items()}
+    with torch.no_grad():
+        assert not torch.allclose(encoder._embed(short)[4], padded[4], atol=1e-3)  # the longest row, cut
 
 
 # mE5 is the BERT family's architecture (pooler included) with mean pooling, as mBERT's config, plus its

@@ -95,12 +95,13 @@ class _TrainingStep(torch.nn.Module):
         return self.module.training_step(batch, 0)
 
 
-def _worker(rank, world, port, chunk_size, out_dir, ddp=False):
+def _worker(rank, world, port, chunk_size, out_dir, ddp=False, length_groups=1):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         module = make_module(chunk_size=chunk_size)
+        module.encoder.length_groups = length_groups  # rows encoded in groups cut by length (model.length_groups)
         batch = make_batch(with_negatives=True)
         per_rank = BATCH // world
         local = slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
@@ -135,10 +136,13 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk_size, ddp", [(None, False), (2, False), (2, True)])
-def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size, ddp):
+@pytest.mark.parametrize("chunk_size, ddp, length_groups", [(None, False, 1), (2, False, 1), (2, True, 3)])
+def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path, chunk_size, ddp, length_groups):
+    """Under DDP's own reducer, GradCache's chunks each cut again into length groups: the padded whole
+    batch's loss and gradients (each alone is checked in one process: test_grad_cache_matches_the_whole_batch,
+    test_precision.py::test_length_groups_give_the_same_embeddings_and_gradients_from_narrower_batches)."""
     ref_loss, ref_grads = loss_and_grads(make_module(), make_batch(with_negatives=True))
-    mp.spawn(_worker, args=(2, free_port(), chunk_size, str(tmp_path), ddp), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), chunk_size, str(tmp_path), ddp, length_groups), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["loss"] == pytest.approx(ref_loss, abs=1e-5)

@@ -155,29 +155,52 @@ def test_float16_embeddings_score_like_float32_and_are_cached_as_float16(tmp_pat
 
 
 def test_length_groups_give_the_same_embeddings_and_gradients_from_narrower_batches():
-    from torch import nn
+    from conftest import check_length_groups_match_the_padded_batch, without_dropout
 
     torch.manual_seed(0)
     encoder = Encoder(tiny=TINY, max_passage_length=96)
-    for module in encoder.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
+    without_dropout(encoder)
     texts = ["kurz", "ein etwas längerer Satz mit mehr Wörtern darin, noch länger", "中文", "mittel lang hier", "x" * 80, "a b"]
     inputs = encoder.text_tokenizer(texts, "passage")
     widths = []
     encoder.backbone.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
-    results = {}
-    for groups in (1, 3):
-        encoder.length_groups = groups
-        encoder.zero_grad()
-        embeddings = encoder(inputs)
-        (embeddings @ embeddings.T).logsumexp(1).sum().backward()
-        results[groups] = (embeddings.detach(), [p.grad.clone() for p in encoder.parameters()])
-    torch.testing.assert_close(results[3][0], results[1][0], atol=1e-5, rtol=1e-5)
-    for grouped, whole in zip(results[3][1], results[1][1]):
-        torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-4)
+    check_length_groups_match_the_padded_batch(encoder, inputs, groups=3)
     full = inputs["input_ids"].shape[1]
     assert widths[0] == full and len(widths) == 4 and widths[1] == full and max(widths[2:]) < full  # the short groups are cut
+
+
+def test_length_cuts_leave_the_fewest_padded_tokens_of_any_cut():
+    """Against every way of cutting sorted rows into at most G consecutive groups (brute force), on random
+    lengths; equal-sized groups (the cut before) pad more."""
+    import itertools
+
+    import numpy as np
+
+    from hbt.models.encoder import length_cuts
+
+    def padded(widths, sizes):
+        starts = np.cumsum([0, *sizes[:-1]])
+        return sum(size * widths[start] for start, size in zip(starts, sizes))
+
+    rng = np.random.default_rng(0)
+    worse = 0
+    for _ in range(200):
+        n, groups = int(rng.integers(1, 11)), int(rng.integers(1, 5))
+        widths = sorted(rng.integers(1, 60, n).tolist(), reverse=True)
+        sizes = length_cuts(widths, groups)
+        assert sum(sizes) == n and all(size > 0 for size in sizes) and len(sizes) <= groups
+        best = min(
+            padded(widths, [b - a for a, b in zip((0, *cuts), (*cuts, n))])
+            for k in range(min(groups, n))
+            for cuts in itertools.combinations(range(1, n), k)
+        )
+        assert padded(widths, sizes) == best
+        # no cut that saves nothing: each group's first row is longer than the previous group's last
+        starts = np.cumsum([0, *sizes[:-1]])
+        assert all(widths[start] < widths[start - 1] for start in starts[1:])
+        equal = [len(part) for part in np.array_split(np.arange(n), min(groups, n))]
+        worse += padded(widths, equal) > best
+    assert worse > 50
 
 
 def test_grad_cache_chunks_are_cut_to_their_own_longest_row():

@@ -239,6 +239,7 @@ def test_an_unused_parameter_is_one_line_before_ddp_fails(family_dirs, tmp_path)
         module.on_after_backward()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_length_groups_give_each_family_the_padded_batchs_embeddings_and_gradients(family, family_dirs, tmp_path):
     """model.length_groups per architecture (position ids, relative attention buckets, language codes):

@@ -228,6 +228,11 @@ def write_bias(out: Path, args, docs: Path) -> None:
     names = {"zero-shot": "zero-shot", **NAMES}
     columns = QUALITY + BIAS
     lines = [
+        "What this page is for: the language-bias table and paired tests behind docs/paper_reproduction.md's",
+        "section on PEER@10 and language preference (written by `python benchmarks/reproduce_paper.py --language-bias`).",
+        "",
+    ]
+    lines += [
         "| run | seeds | " + " | ".join(f"{s} {m}" for s, m in columns) + " | ranked last most often (multi) |",
         "|" + "---|" * (len(columns) + 3),
     ]

@@ -26,35 +26,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-# The longest-running tests (each 35-120 s of one worker on a 2-core machine: CI's log lists the slowest),
-# started first under pytest-xdist. A worker takes the next test when it runs low, so a long test taken
-# late would end the suite while the other worker idles (measured: the last 58 s of a 14-minute run).
-# Only the order changes; a test missing from here just runs in its place.
-HEAVY_FIRST = (
-    "test_experiments.py::",
-    "test_gpu_smoke.py::",
-    "test_reliability.py::test_sigterm_under_ddp",
-    "test_train_evaluate.py::test_evaluate_on_two_processes",
-    "test_mine.py::test_mining_xquad_r",
-    "test_datamodule.py::test_ddp_builds",
-    "test_loss_ddp.py::test_sharded_evaluation_equals_one_process",
-    "test_lora.py::test_lora_trains_under_ddp",
-    "test_faults.py::test_a_lost_rank",
-    "test_compile.py::test_compiled_encoding_equals_eager",
-    "test_families.py::test_family_trains_under_ddp",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-
-    def place(item) -> int:
-        return next((i for i, prefix in enumerate(HEAVY_FIRST) if prefix in item.nodeid), len(HEAVY_FIRST))
-
-    items.sort(key=place)  # stable: everything else keeps its order
-
-
 # Small, fast settings for the embedded default.
 FAST = ["logger=csv", "trainer.max_epochs=1", "trainer.max_steps=6", "data.batch_size=16"]
 

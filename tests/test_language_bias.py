@@ -211,3 +211,11 @@ def test_bad_weights_from_a_command_line_override(make_cfg, tmp_path):
         evaluate(cfg)
     assert str(hbt_cause(err.value)) == "config error: evaluator.peer_weights: the weights must sum to 1, they sum to 0.4"
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_an_optimized_metric_at_an_unknown_k_is_one_line_before_training(make_cfg):
+    from hbt.plan import plan_training
+
+    with pytest.raises(ConfigError, match=r"^config error: optimized_metric: peer@20 is not computed: evaluator.bias_ks is \[10\]$"):
+        plan_training(make_cfg("train", ["optimized_metric=test/toy/multi/peer@20"]))
+    plan_training(make_cfg("train", ["optimized_metric=test/toy/multi/peer@20", "evaluator.bias_ks=[10,20]"]))

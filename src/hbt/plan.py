@@ -163,3 +163,8 @@ def _check_optimized_metric(cfg: DictConfig) -> None:
             "optimized_metric",
             f"expected test/<benchmark>/<setting>/<metric> with a benchmark of eval ({', '.join(benchmarks)}); got {name}",
         )
+    metric = parts[3]
+    if metric.startswith(("peer@", "own_share@")):  # the language-bias cut-offs are known before training
+        ks = [str(k) for k in (cfg.get("evaluator") or {}).get("bias_ks") or []]
+        if metric.split("@", 1)[1] not in ks:
+            raise ConfigError("optimized_metric", f"{metric} is not computed: evaluator.bias_ks is [{', '.join(ks)}]")

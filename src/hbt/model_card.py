@@ -1,7 +1,7 @@
 """The Hub model card every training run writes into its export (``model/README.md``): metadata the Hub
 reads (languages, base model, library, datasets, tags) and, for readers, the recipe (sampling ratio and
-the rest of the training settings), the results table (every benchmark, setting and metric of
-results.json), how to load the model, and the citation of the hybrid-batch paper. ``huggingface_hub``'s
+the rest of the training settings), the results table (every benchmark and setting of results.json, with
+the metrics of the printed table), how to load the model, and the citation of the hybrid-batch paper. ``huggingface_hub``'s
 ``ModelCard`` parses it; ``python -m hbt.publish`` uploads the export with it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hbt.checkpointing import atomic_file
-from hbt.results import Results, metric_order
+from hbt.results import Results, table_metrics
 
 CARD_FILE = "README.md"
 # mMARCO names its languages; the Hub's metadata wants ISO 639-1 codes.
@@ -124,7 +124,7 @@ def results_lines(results: Results) -> list[str]:
     """A Markdown table: one row per benchmark and setting, one column per macro metric."""
     if not results:
         return ["No evaluation was run."]
-    metrics = sorted({m for by_setting in results.values() for block in by_setting.values() for m in block.macro}, key=metric_order)
+    metrics = table_metrics(results)
     lines = ["| benchmark | setting | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for dataset, by_setting in results.items():
         for setting, block in by_setting.items():

@@ -122,12 +122,8 @@ def flatten_macro(results: Results, prefix: str) -> dict[str, float]:
 
 
 def results_table(results: Results) -> str:
-    """A plain-text table: one row per dataset and setting, one column per macro metric (each language's
-    share of ``last_language:<Y>`` stays in results.json and the report: a column per language is too wide)."""
-    metrics = sorted(
-        {m for by_setting in results.values() for block in by_setting.values() for m in block.macro if not m.startswith("last_language:")},
-        key=metric_order,
-    )
+    """A plain-text table: one row per dataset and setting, one column per macro metric of :func:`table_metrics`."""
+    metrics = table_metrics(results)
     header = ["dataset", "setting", *metrics]
     rows = [header]
     for dataset, by_setting in results.items():
@@ -138,6 +134,13 @@ def results_table(results: Results) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def table_metrics(results: Results) -> list[str]:
+    """The macro metrics a results table shows, in :func:`metric_order`: all but each language's share of
+    ``last_language:<Y>``, which stays in results.json and the report (a column per language is too wide)."""
+    names = {m for by_setting in results.values() for block in by_setting.values() for m in block.macro}
+    return sorted((m for m in names if not m.startswith("last_language:")), key=metric_order)
 
 
 def metric_order(name: str) -> tuple:

@@ -188,6 +188,7 @@ def test_language_preference_by_hand():
         ([0], {0: 0.5, 1: 0.5}, "evaluator.bias_ks", "integers >= 1"),
         (["ten"], {0: 0.5, 1: 0.5}, "evaluator.bias_ks", "integers >= 1"),
         ([], {0: 0.5, 1: 0.5}, "evaluator.bias_ks", "non-empty"),
+        (10, {0: 0.5, 1: 0.5}, "evaluator.bias_ks", "non-empty list"),
         ([10], {0: 0.5, 1: 0.6}, "evaluator.peer_weights", "must sum to 1, they sum to 1.1"),
         ([10], {"relevant": 1.0}, "evaluator.peer_weights", "relevance levels are integers >= 0"),
         ([10], {0: -0.5, 1: 1.5}, "evaluator.peer_weights", "weights are numbers >= 0"),

@@ -75,7 +75,10 @@ def p_values(tests: list[tuple[float, int]]) -> np.ndarray:
 def check_bias(ks, weights) -> tuple[tuple[int, ...], dict[int, float]]:
     """``evaluator.bias_ks`` and ``evaluator.peer_weights`` checked: positive integer cut-offs; weights by
     non-negative integer relevance level, each >= 0, summing to 1 (as the reference requires)."""
-    ks = list(ks) if ks is not None else []
+    try:
+        ks = list(ks) if ks is not None else []
+    except TypeError:  # a single number where a list belongs
+        raise ConfigError("evaluator.bias_ks", f"expected a non-empty list of integers >= 1, got {ks!r}") from None
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
         raise ConfigError("evaluator.bias_ks", f"expected a non-empty list of integers >= 1, got {ks!r}")
     if not isinstance(weights, Mapping) or not weights:

@@ -18,7 +18,7 @@ from hbt.errors import ConfigError
 from hbt.eval.benchmark import BenchmarkGroup, RetrievalBenchmark
 from hbt.eval.corpus import CorpusSearch
 from hbt.eval.encoding import TextEncoding, encoder_fingerprint
-from hbt.eval.language_bias import DEFAULT_WEIGHTS, LanguageBias
+from hbt.eval.language_bias import LanguageBias
 from hbt.eval.metrics import AT_K
 from hbt.eval.pools import SETTINGS, PoolRanking, Rows, merge_group
 from hbt.eval.runs import RunWriter
@@ -89,7 +89,7 @@ class Evaluator:
         self.encoding = TextEncoding(
             batch_size, max_tokens, precision, embedding_dtype, compile, check_progress(progress, "evaluator.progress"), self.cache_dir
         )
-        bias = LanguageBias(tuple(bias_ks) if bias_ks is not None else (), DEFAULT_WEIGHTS if peer_weights is None else peer_weights)
+        bias = LanguageBias(bias_ks, peer_weights)  # checked there; weights None: the defaults
         self.ranking = PoolRanking(tuple(int(k) for k in ks), tuple(at_k), self.settings, score_block, bias)
         self.corpus = CorpusSearch(self.encoding, searcher or FaissSearcher(), shard_size, shard_dir)
         # Per-query values of the last run() (query_table), set when it ends.

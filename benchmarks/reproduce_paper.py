@@ -238,6 +238,7 @@ def write_bias(out: Path, args, docs: Path) -> None:
     ]
     for name in ("zero-shot", 0.0, 0.5, 1.0):
         if name not in sources:
+            lines.append(f"| {names[name]} | - | " + " | ".join("" for _ in columns) + " | not run |")
             continue
         rows = [load_run(p) for p in sources[name]]
         cells = []
@@ -264,6 +265,8 @@ def write_bias(out: Path, args, docs: Path) -> None:
     for a, b in BIAS_CLAIMS:
         if a in sources and b in sources:
             lines += comparison_lines(sources[a], sources[b], names[a], names[b], compared)
+        else:
+            lines.append(f"| {names[a]} | {names[b]} | - | - | | | | | | | not run |")
     table = "\n".join(lines)
     (docs / "paper_reproduction_bias.md").write_text(table + "\n")
     print(table)
